@@ -1,0 +1,190 @@
+"""Streaming Silero VAD for many streams at once.
+
+Each stream keeps its own recurrent state and its last few samples of context
+(64 at 16 kHz, 32 at 8 kHz), exactly as the model was trained to be run. All
+streams of one rate live in a ``_Bank``: preallocated arrays indexed by slot, so
+that a batch is gathered and scattered with a few vectorised operations per
+model call, however many streams it holds.
+
+Threading contract: ``VadStream.push`` and ``VadStream.take_windows`` belong to
+the caller's thread (the event loop); ``VadEngine.process`` may run in one other
+thread, and is the only code that touches the banks (slot allocation and
+release are deferred to it), so no lock is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vad.model import STATE_SIZE, SileroModel
+
+WINDOW = {16000: 512, 8000: 256}
+CONTEXT = {16000: 64, 8000: 32}
+
+
+def vad_rate_for(sample_rate: int) -> int:
+    """The rate the model runs at for a stream: 8 kHz stays native, all else goes to 16 kHz."""
+    return 8000 if sample_rate == 8000 else 16000
+
+
+class _Bank:
+    """State and context of all streams at one rate, in slot-indexed arrays that grow by doubling."""
+
+    def __init__(self, rate: int, capacity: int) -> None:
+        self.rate = rate
+        self.window = WINDOW[rate]
+        self.ctx = CONTEXT[rate]
+        self.state = np.zeros((2, capacity, STATE_SIZE), dtype=np.float32)
+        self.context = np.zeros((capacity, self.ctx), dtype=np.float32)
+        self.free = list(range(capacity - 1, -1, -1))
+
+    def allocate(self) -> int:
+        if not self.free:
+            old = self.state.shape[1]
+            self.state = np.concatenate([self.state, np.zeros_like(self.state)], axis=1)
+            self.context = np.concatenate([self.context, np.zeros_like(self.context)], axis=0)
+            self.free = list(range(2 * old - 1, old - 1, -1))
+        slot = self.free.pop()
+        self.state[:, slot] = 0.0
+        self.context[slot] = 0.0
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+
+class VadStream:
+    """One audio stream's VAD input side: resampling to the model rate and cutting windows.
+
+    Audio of any chunk length goes in; whole windows come out. A stream at a rate
+    other than 8 or 16 kHz is resampled to 16 kHz by a stateful soxr stream, so
+    chunk boundaries leave no trace in the audio.
+    """
+
+    def __init__(self, engine: VadEngine, sample_rate: int, max_pending_s: float) -> None:
+        self.engine = engine
+        self.input_rate = sample_rate
+        self.rate = vad_rate_for(sample_rate)
+        self.window = WINDOW[self.rate]
+        self.slot = -1
+        self.closed = False
+        self.windows_done = 0
+        self._resampler = None
+        if sample_rate != self.rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(sample_rate, self.rate, 1, dtype="float32", quality="HQ")
+        self._buf = np.zeros(max(int(max_pending_s * self.rate), 4 * self.window), dtype=np.float32)
+        self._fill = 0
+
+    @property
+    def pending_samples(self) -> int:
+        """Model-rate samples waiting for inference (bounded by the buffer's size)."""
+        return self._fill
+
+    @property
+    def capacity(self) -> int:
+        return self._buf.size
+
+    def push(self, audio: np.ndarray) -> None:
+        """Append float32 mono audio at the input rate. Raises OverflowError when the buffer is full."""
+        if self._resampler is not None:
+            audio = self._resampler.resample_chunk(audio)
+        n = audio.size
+        if self._fill + n > self._buf.size:
+            raise OverflowError(f"VAD input buffer full ({self._buf.size} samples pending)")
+        self._buf[self._fill:self._fill + n] = audio
+        self._fill += n
+
+    def take_windows(self, limit: int | None = None) -> np.ndarray:
+        """Remove and return the whole windows ready for inference, as [n, window] float32."""
+        n = self._fill // self.window
+        if limit is not None:
+            n = min(n, limit)
+        if n == 0:
+            return np.empty((0, self.window), dtype=np.float32)
+        used = n * self.window
+        windows = self._buf[:used].reshape(n, self.window).copy()
+        rest = self._fill - used
+        self._buf[:rest] = self._buf[used:self._fill]
+        self._fill = rest
+        return windows
+
+    def close(self) -> None:
+        """Give the slot back (deferred to the engine's next ``process``)."""
+        if not self.closed:
+            self.closed = True
+            self.engine._closing.append(self)
+
+
+@dataclass
+class EngineStats:
+    calls: int = 0
+    windows: int = 0
+
+
+class VadEngine:
+    """Batched Silero inference across streams; results equal running each stream alone."""
+
+    def __init__(self, model: SileroModel | None = None, *, capacity: int = 64,
+                 max_pending_s: float = 10.0) -> None:
+        self.model = model or SileroModel()
+        self.max_pending_s = max_pending_s
+        self._banks = {rate: _Bank(rate, capacity) for rate in WINDOW}
+        self._closing: list[VadStream] = []
+        self.stats = EngineStats()
+
+    def open_stream(self, sample_rate: int) -> VadStream:
+        return VadStream(self, sample_rate, self.max_pending_s)
+
+    def _housekeeping(self) -> None:
+        while self._closing:
+            stream = self._closing.pop()
+            if stream.slot >= 0:
+                self._banks[stream.rate].release(stream.slot)
+                stream.slot = -1
+
+    def process(self, batch: Sequence[tuple[VadStream, np.ndarray]]) -> list[np.ndarray]:
+        """Run windows ([n_i, window] per stream, in order) and return one probability per window.
+
+        Streams of one rate share each model call; a stream with several windows
+        advances one window per call, since each window needs the state left by
+        the one before it.
+        """
+        self._housekeeping()
+        results: list[np.ndarray] = [np.empty(len(w), dtype=np.float32) for _, w in batch]
+        by_rate: dict[int, list[int]] = {}
+        for i, (stream, windows) in enumerate(batch):
+            if stream.closed or len(windows) == 0:
+                continue
+            if stream.slot < 0:
+                stream.slot = self._banks[stream.rate].allocate()
+            by_rate.setdefault(stream.rate, []).append(i)
+        for rate, members in by_rate.items():
+            self._run_rate(self._banks[rate], batch, members, results)
+        return results
+
+    def _run_rate(self, bank: _Bank, batch: Sequence[tuple[VadStream, np.ndarray]],
+                  members: list[int], results: list[np.ndarray]) -> None:
+        counts = np.array([len(batch[i][1]) for i in members])
+        slots_all = np.array([batch[i][0].slot for i in members])
+        ctx = bank.ctx
+        for step in range(int(counts.max())):
+            active = np.flatnonzero(counts > step)
+            slots = slots_all[active]
+            x = np.empty((active.size, ctx + bank.window), dtype=np.float32)
+            x[:, :ctx] = bank.context[slots]
+            x[:, ctx:] = np.stack([batch[members[a]][1][step] for a in active]) if active.size > 1 \
+                else batch[members[active[0]]][1][step]
+            probs, state = self.model(x, bank.state[:, slots], bank.rate)
+            bank.state[:, slots] = state
+            bank.context[slots] = x[:, -ctx:]
+            for a, p in zip(active, probs, strict=True):
+                results[members[a]][step] = p
+            self.stats.calls += 1
+            self.stats.windows += active.size
+        for i in members:
+            batch[i][0].windows_done += len(batch[i][1])
