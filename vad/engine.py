@@ -71,7 +71,7 @@ class VadStream:
         self.window = WINDOW[self.rate]
         self.slot = -1
         self.closed = False
-        self.windows_done = 0
+        self.windows_taken = 0
         self._resampler = None
         if sample_rate != self.rate:
             import soxr
@@ -107,6 +107,7 @@ class VadStream:
         if n == 0:
             return np.empty((0, self.window), dtype=np.float32)
         used = n * self.window
+        self.windows_taken += n
         windows = self._buf[:used].reshape(n, self.window).copy()
         rest = self._fill - used
         self._buf[:rest] = self._buf[used:self._fill]
@@ -186,5 +187,3 @@ class VadEngine:
                 results[members[a]][step] = p
             self.stats.calls += 1
             self.stats.windows += active.size
-        for i in members:
-            batch[i][0].windows_done += len(batch[i][1])

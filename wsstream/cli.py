@@ -1,0 +1,135 @@
+"""``wsstream serve`` and ``wsstream client``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from vad.detector import DetectorOptions
+from wsstream.codecs import ENCODINGS, AudioFormat
+from wsstream.reply import ReplyOnPause
+from wsstream.server import ServerConfig, WsServer
+from wsstream.session import SessionConfig
+
+DETECTOR_FLAGS = {
+    "threshold": float, "neg_threshold": float, "min_speech_ms": float, "pause_ms": float,
+    "prefix_padding_ms": float, "max_speech_s": float,
+}
+
+
+def load_handler(spec: str) -> Any:
+    """``module:attribute``, a reply function or a ReplyOnPause."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"--handler must look like module:function, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"--handler: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"--handler: {module_name!r} has no attribute {attr!r}") from None
+
+
+def build_app(args: argparse.Namespace) -> ReplyOnPause:
+    target = load_handler(args.handler)
+    app = target if isinstance(target, ReplyOnPause) else ReplyOnPause(fn=target)
+    overrides = {name: getattr(args, name) for name in DETECTOR_FLAGS if getattr(args, name) is not None}
+    if args.no_interrupt:
+        overrides["can_interrupt"] = False
+    try:
+        app.options = dataclasses.replace(app.options, **overrides)
+    except ValueError as exc:
+        raise SystemExit(f"invalid detector option: {exc}") from None
+    if args.input_sample_rate:
+        app.input_sample_rate = args.input_sample_rate
+    if args.output_sample_rate:
+        app.output_sample_rate = args.output_sample_rate
+    return app
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = ServerConfig(host=args.host, port=args.port, concurrency_limit=args.concurrency_limit,
+                          session=SessionConfig(lead_ms=args.lead_ms))
+    server = WsServer(build_app(args), config)
+    await server.start()
+    print(f"wsstream: listening on ws://{args.host}:{server.port}/ws", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.aclose()
+
+
+async def _client(args: argparse.Namespace) -> int:
+    from wsstream.client import stream_file
+
+    def show(msg: dict[str, Any]) -> None:
+        wall = msg.pop("wall")
+        print(f"{wall:8.3f}s  {msg}", flush=True)
+
+    fmt = AudioFormat(args.encoding, args.sample_rate)
+    result = await stream_file(args.url, args.file, fmt=fmt, speed=args.speed, media_as=args.media_as,
+                               on_event=show)
+    audio = result.reply_audio()
+    print(f"closed with code {result.close_code}; reply audio {audio.size / fmt.sample_rate:.2f} s")
+    if args.out:
+        import soundfile as sf
+
+        sf.write(args.out, audio, fmt.sample_rate, subtype="PCM_16")
+        print(f"saved the reply to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wsstream", description="WebSocket voice server with pause detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--handler", default="wsstream.echo:echo",
+                   help="reply function or ReplyOnPause as module:attribute (default: the embedded echo)")
+    defaults = DetectorOptions()
+    for name, kind in DETECTOR_FLAGS.items():
+        s.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"pause detector option (default {getattr(defaults, name)})")
+    s.add_argument("--no-interrupt", action="store_true", help="user speech does not stop a reply (no barge-in)")
+    s.add_argument("--concurrency-limit", type=int, default=500, help="most simultaneous streams (default 500)")
+    s.add_argument("--lead-ms", type=float, default=SessionConfig.lead_ms,
+                   help="reply audio sent ahead of real time, at most")
+    s.add_argument("--input-sample-rate", type=int, default=None,
+                   help="input rate for fastrtc clients (default 48000)")
+    s.add_argument("--output-sample-rate", type=int, default=None,
+                   help="output rate for fastrtc clients (default 24000)")
+    s.add_argument("--log-level", default="INFO")
+
+    c = sub.add_parser("client", help="stream an audio file in real time and print what comes back")
+    c.add_argument("file")
+    c.add_argument("--url", default="ws://127.0.0.1:8000/ws")
+    c.add_argument("--encoding", default="pcm16", choices=ENCODINGS)
+    c.add_argument("--sample-rate", type=int, default=16000)
+    c.add_argument("--speed", type=float, default=1.0, help="times real time (0: as fast as possible)")
+    c.add_argument("--media-as", default="binary", choices=("binary", "json"))
+    c.add_argument("--out", help="save the reply audio to this WAV file")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        asyncio.run(_serve(args))
+        return 0
+    return asyncio.run(_client(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

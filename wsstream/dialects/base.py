@@ -1,0 +1,51 @@
+"""The dialect interface."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from wsstream.events import InEvent, OutEvent
+
+
+class ProtocolError(ValueError):
+    """A message the dialect cannot understand. ``fatal`` ones end the connection with ``code``."""
+
+    def __init__(self, message: str, *, fatal: bool = False, code: int = 1003) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+        self.code = code
+
+
+class Dialect(Protocol):
+    name: str
+
+    def parse(self, message: str | bytes) -> list[InEvent]:
+        """One wire message to session events; raises ProtocolError."""
+        ...
+
+    def serialize(self, event: OutEvent) -> str | bytes | None:
+        """One session event to a wire message, or None when this dialect does not send it."""
+        ...
+
+
+def load_json_object(message: str | bytes) -> dict[str, Any]:
+    """Parse a text message that must be a JSON object, with errors a client can act on."""
+    try:
+        value = json.loads(message)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    return str(value)

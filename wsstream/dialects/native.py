@@ -1,0 +1,149 @@
+"""The native ``/ws`` dialect: binary audio frames or JSON ``media``, JSON control messages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import parse_qs
+
+from wsstream.codecs import AudioFormat, FormatError
+from wsstream.dialects.base import ProtocolError, dumps, load_json_object
+from wsstream.events import (
+    AudioIn,
+    AudioOut,
+    Clear,
+    Error,
+    FetchOutput,
+    InEvent,
+    Log,
+    Mark,
+    MarkPlayed,
+    OutEvent,
+    Ping,
+    Pong,
+    SendInput,
+    SetInputs,
+    Start,
+    Stop,
+    Trigger,
+    VadTrace,
+    Warning,
+)
+
+
+def parse_format(value: Any, what: str) -> AudioFormat:
+    """A client's ``{"encoding", "sample_rate", "channels"}`` object; errors say which field is wrong."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be an object like {{\"encoding\": \"pcm16\", \"sample_rate\": 16000}}",
+                            fatal=True)
+    unknown = set(value) - {"encoding", "sample_rate", "channels"}
+    if unknown:
+        raise ProtocolError(f"{what} has unknown field(s): {', '.join(sorted(unknown))}", fatal=True)
+    try:
+        return AudioFormat(encoding=value.get("encoding", "pcm16"),
+                           sample_rate=value.get("sample_rate", 16000),
+                           channels=value.get("channels", 1))
+    except FormatError as exc:
+        raise ProtocolError(f"{what}: {exc}", fatal=True) from None
+
+
+def format_from_query(query: str) -> AudioFormat | None:
+    """``?encoding=pcm16&sample_rate=16000`` on the URL, for clients that send binary at once."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    if not params.keys() & {"encoding", "sample_rate", "channels"}:
+        return None
+    fields: dict[str, Any] = {}
+    for key in ("sample_rate", "channels"):
+        if key in params:
+            try:
+                fields[key] = int(params[key])
+            except ValueError:
+                raise ProtocolError(f"query parameter {key} must be an integer, got {params[key]!r}",
+                                    fatal=True) from None
+    if "encoding" in params:
+        fields["encoding"] = params["encoding"]
+    return parse_format(fields, "query format")
+
+
+def decode_payload(media: Any) -> bytes:
+    if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
+        raise ProtocolError('media message needs {"media": {"payload": "<base64 audio>"}}')
+    try:
+        return base64.b64decode(media["payload"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("media payload is not valid base64") from None
+
+
+class NativeDialect:
+    """One instance per connection: it remembers whether audio goes out as binary or JSON."""
+
+    name = "ws"
+
+    def __init__(self, media_as: str = "binary") -> None:
+        self.media_as = media_as
+
+    def parse(self, message: str | bytes) -> list[InEvent]:
+        if isinstance(message, bytes):
+            return [AudioIn(message)]
+        msg = load_json_object(message)
+        event = msg.get("event")
+        if event == "media":
+            return [AudioIn(decode_payload(msg.get("media")))]
+        if event == "start":
+            return [self._start(msg)]
+        if event == "input":
+            if "data" not in msg:
+                raise ProtocolError('input message needs a "data" field')
+            return [SetInputs(msg["data"])]
+        if event == "trigger":
+            return [Trigger()]
+        if event == "mark":
+            mark = msg.get("mark")
+            if not isinstance(mark, dict) or not isinstance(mark.get("name"), str):
+                raise ProtocolError('mark message needs {"mark": {"name": "..."}}')
+            return [MarkPlayed(mark["name"])]
+        if event == "ping":
+            return [Ping()]
+        if event == "stop":
+            return [Stop()]
+        if event is None:
+            raise ProtocolError('message has no "event" field')
+        raise ProtocolError(f"unknown event {event!r}; expected start, media, input, trigger, mark, ping or stop")
+
+    def _start(self, msg: dict[str, Any]) -> Start:
+        fmt = parse_format(msg["format"], "format") if msg.get("format") is not None else None
+        out = parse_format(msg["output_format"], "output_format") if msg.get("output_format") is not None \
+            else None
+        media_as = msg.get("media_as", "binary")
+        if media_as not in ("binary", "json"):
+            raise ProtocolError(f'media_as must be "binary" or "json", got {media_as!r}', fatal=True)
+        self.media_as = media_as
+        client_id = msg.get("id")
+        return Start(format=fmt, output_format=out, inputs=msg.get("inputs"), debug=bool(msg.get("debug")),
+                     client_id=str(client_id) if client_id is not None else None)
+
+    def serialize(self, event: OutEvent) -> str | bytes | None:
+        if isinstance(event, AudioOut):
+            if self.media_as == "binary":
+                return event.data
+            return dumps({"event": "media", "media": {"payload": base64.b64encode(event.data).decode()}})
+        if isinstance(event, Log):
+            return dumps({"type": "log", "data": event.name, **event.fields})
+        if isinstance(event, VadTrace):
+            return dumps({"type": "vad", "p": event.probs, "t": event.t})
+        if isinstance(event, Mark):
+            return dumps({"event": "mark", "mark": {"name": event.name}})
+        if isinstance(event, Clear):
+            return dumps({"event": "clear"})
+        if isinstance(event, FetchOutput):
+            return dumps({"type": "fetch_output", "data": event.data})
+        if isinstance(event, SendInput):
+            return dumps({"type": "send_input", "data": event.data})
+        if isinstance(event, Error):
+            return dumps({"type": "error", "data": event.message})
+        if isinstance(event, Warning):
+            return dumps({"type": "warning", "data": event.message})
+        if isinstance(event, Pong):
+            return dumps({"event": "pong"})
+        return None

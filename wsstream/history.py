@@ -1,0 +1,62 @@
+"""Bounded history of a stream's input audio, from which utterances are cut."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class AudioHistory:
+    """int16 chunks with absolute sample positions; trimmed to what a turn may still need.
+
+    Memory stays proportional to the current turn (capped at ``max_samples``),
+    not to the length of the call.
+    """
+
+    def __init__(self, max_samples: int) -> None:
+        self.max_samples = max_samples
+        self._chunks: deque[np.ndarray] = deque()
+        self._start = 0  # absolute position of the first kept sample
+        self.total = 0  # samples appended since the stream began
+        self.dropped = 0  # samples dropped by the cap while still wanted
+
+    @property
+    def kept(self) -> int:
+        return self.total - self._start
+
+    def append(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._chunks.append(samples)
+            self.total += samples.size
+            if self.kept > self.max_samples:
+                before = self._start
+                self.trim(self.total - self.max_samples)
+                self.dropped += self._start - before
+
+    def trim(self, keep_from: int) -> None:
+        """Forget samples before ``keep_from`` (whole chunks, then part of the first)."""
+        while self._chunks and self._start + self._chunks[0].size <= keep_from:
+            self._start += self._chunks.popleft().size
+        if self._chunks and self._start < keep_from:
+            cut = keep_from - self._start
+            self._chunks[0] = self._chunks[0][cut:]
+            self._start = keep_from
+
+    def slice(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end), clipped to what is kept."""
+        start = max(start, self._start)
+        end = min(end, self.total)
+        if end <= start:
+            return np.empty(0, dtype=np.int16)
+        out = np.empty(end - start, dtype=np.int16)
+        pos, filled = self._start, 0
+        for chunk in self._chunks:
+            lo, hi = max(start, pos), min(end, pos + chunk.size)
+            if lo < hi:
+                out[filled:filled + hi - lo] = chunk[lo - pos:hi - pos]
+                filled += hi - lo
+            pos += chunk.size
+            if pos >= end:
+                break
+        return out

@@ -1,0 +1,84 @@
+"""The inference worker: one task, one thread, every ready window of every stream per call.
+
+Streams tell the worker they have audio (``notify``); the worker collects the
+whole windows of all of them, runs one batched ``VadEngine.process`` in its
+thread while the event loop goes on, and hands each stream its probabilities.
+While a batch runs, the next one accumulates: batching adapts to load by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from vad.engine import VadEngine, VadStream
+
+log = logging.getLogger("wsstream.inference")
+
+
+class VadClient(Protocol):
+    vad: VadStream
+
+    def on_vad(self, windows: np.ndarray, probs: np.ndarray) -> None: ...
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    windows: int = 0
+    largest_batch: int = 0
+
+
+class InferenceWorker:
+    def __init__(self, engine: VadEngine, *, max_windows_per_stream: int = 32) -> None:
+        self.engine = engine
+        self.max_windows = max_windows_per_stream
+        self.stats = WorkerStats()
+        self._ready: dict[int, VadClient] = {}
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+
+    def notify(self, client: VadClient) -> None:
+        """The client has pushed audio; its windows join the next batch."""
+        if client.vad.pending_samples >= client.vad.window:
+            self._ready[id(client)] = client
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Serve batches until cancelled."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._ready:
+                    clients = list(self._ready.values())
+                    self._ready.clear()
+                    batch, owners = [], []
+                    for client in clients:
+                        if client.vad.closed:
+                            continue
+                        windows = client.vad.take_windows(self.max_windows)
+                        if len(windows):
+                            batch.append((client.vad, windows))
+                            owners.append(client)
+                        if client.vad.pending_samples >= client.vad.window:
+                            self._ready[id(client)] = client
+                    if not batch:
+                        continue
+                    results = await loop.run_in_executor(self._executor, self.engine.process, batch)
+                    self.stats.batches += 1
+                    self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+                    for client, (_, windows), probs in zip(owners, batch, results, strict=True):
+                        self.stats.windows += len(windows)
+                        try:
+                            client.on_vad(windows, probs)
+                        except Exception:  # one stream's bug must not stop the others' VAD
+                            log.exception("VAD result handler failed")
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)

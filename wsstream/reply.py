@@ -1,0 +1,139 @@
+"""The ReplyOnPause handler API, fastrtc-shaped.
+
+A reply function receives ``(sample_rate, int16 ndarray)`` — the utterance —
+plus the additional inputs the client set, and yields ``(sample_rate, ndarray)``
+audio chunks, ``AdditionalOutputs(...)`` or ``CloseStream()``. It may be a sync
+or async generator (or a plain function / coroutine returning one chunk). Sync
+code runs in a thread of its own, never on the event loop, and is closed in that
+same thread on barge-in, so its ``finally`` blocks run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from vad.detector import DetectorOptions
+
+
+class AdditionalOutputs:
+    """Extra values for the client (sent as ``fetch_output``), e.g. a transcript."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+
+class CloseStream:
+    """Yielded by a reply function to end the session once the reply has been sent."""
+
+    def __init__(self, msg: str = "Stream closed") -> None:
+        self.msg = msg
+
+
+ReplyFn = Callable[..., Any]
+
+
+@dataclass
+class ReplyOnPause:
+    """What the application gives the server: its reply function and how to detect turns.
+
+    ``input_sample_rate`` / ``output_sample_rate`` apply to dialects whose wire
+    format does not carry a rate (fastrtc's ``/websocket/offer``).
+    """
+
+    fn: ReplyFn
+    startup_fn: ReplyFn | None = None
+    options: DetectorOptions = field(default_factory=DetectorOptions)
+    input_sample_rate: int = 48000
+    output_sample_rate: int = 24000
+
+
+@dataclass
+class ReplyContext:
+    """What a reply function may want to know about its stream; see ``current_context()``.
+
+    ``marks_played`` lists the reply marks the client reported as played, so a
+    handler knows what the listener actually heard. ``call`` holds dialect
+    details (e.g. Twilio's streamSid, callSid, customParameters); ``dtmf`` the
+    digits received so far.
+    """
+
+    session_id: str
+    client_id: str | None = None
+    dialect: str = "ws"
+    call: dict[str, Any] = field(default_factory=dict)
+    marks_sent: list[str] = field(default_factory=list)
+    marks_played: list[str] = field(default_factory=list)
+    dtmf: list[str] = field(default_factory=list)
+
+
+_context: contextvars.ContextVar[ReplyContext] = contextvars.ContextVar("wsstream_reply_context")
+
+
+def current_context() -> ReplyContext:
+    """The context of the stream whose reply is running (works in sync and async reply functions)."""
+    try:
+        return _context.get()
+    except LookupError:
+        raise RuntimeError("current_context() is only available inside a reply function") from None
+
+
+def set_context(ctx: ReplyContext) -> None:
+    _context.set(ctx)
+
+
+_DONE = object()
+
+
+def _next(gen: Iterator[Any]) -> Any:
+    return next(gen, _DONE)
+
+
+async def reply_items(fn: ReplyFn, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    """Whatever ``fn`` produces, as an async stream of items, cleaned up however it ends."""
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
+        result = fn(*args, **kwargs)
+    else:
+        result = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    if hasattr(result, "__aiter__"):
+        try:
+            async for item in result:
+                yield item
+        finally:
+            aclose = getattr(result, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    elif isinstance(result, Iterator):
+        async for item in _iterate_sync(result):
+            yield item
+    elif result is not None:
+        yield result
+
+
+async def _iterate_sync(gen: Iterator[Any]) -> AsyncIterator[Any]:
+    """Step a sync generator in a dedicated thread; close it in that thread after the step in flight."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply")
+    ctx = contextvars.copy_context()
+    try:
+        while True:
+            item = await asyncio.wrap_future(executor.submit(ctx.run, _next, gen))
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            # Queued behind any step still running, so the generator is never closed mid-step.
+            done = executor.submit(ctx.run, close)
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout=5.0)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+        executor.shutdown(wait=False)
