@@ -149,8 +149,6 @@ class PauseDetector:
         events: list[DetectorEvent] = []
         opts = self.options
         thr, neg = opts.threshold, opts.negative
-        if levels is not None:
-            self._track_noise(probs, levels)
         for k, p in enumerate(np.asarray(probs, dtype=np.float32).tolist()):
             start = self.position
             end = start + self.window
@@ -185,13 +183,15 @@ class PauseDetector:
                     silence = end - self.speech_end
                     if silence >= self._pause:
                         events.append(self._finish(end, "pause"))
-                        continue
-                    if not self._tentative_sent and silence >= self._tentative:
+                    elif not self._tentative_sent and silence >= self._tentative:
                         self._tentative_sent = True
                         events.append(PauseTentative(speech_end=self.speech_end, at=end))
                 if self._max_speech is not None and self.state is State.TALKING \
                         and end - self.onset >= self._max_speech:
                     events.append(self._finish(end, "max_speech"))
+            if levels is not None and p < neg:
+                # Follow the noise floor on windows the model calls silence: instant fall, 1 dB/window rise.
+                self.noise_floor_db = min(self.noise_floor_db + 1.0, float(levels[k].min()))
         return events
 
     def _extend_tail(self, start: int, levels: np.ndarray) -> None:
@@ -200,12 +200,6 @@ class PauseDetector:
             sub = self.window // levels.size
             tail_end = min(start + (int(loud[-1]) + 1) * sub, self._vad_speech_end + self._tail)
             self.speech_end = max(self.speech_end, tail_end)
-
-    def _track_noise(self, probs: np.ndarray, levels: np.ndarray) -> None:
-        """Follow the noise floor on windows the model calls silence: instant fall, 1 dB/window rise."""
-        quiet = levels[np.asarray(probs) < self.options.negative]
-        for low in quiet.min(axis=1).tolist() if quiet.size else ():
-            self.noise_floor_db = min(self.noise_floor_db + 1.0, low)
 
     def _check_onset(self, end: int, events: list[DetectorEvent]) -> None:
         if end - self.onset >= self._min_speech:
