@@ -48,7 +48,7 @@ def test_chunk_boundaries_do_not_matter(model: SileroModel) -> None:
     rng = np.random.default_rng(3)
     odd = list(rng.integers(1, 2000, size=400))
     a = _stream_alone(model, 16000, audio, [320] * (audio.size // 320 + 1))
-    b = _stream_alone(model, 16000, audio, odd + [audio.size])
+    b = _stream_alone(model, 16000, audio, [*odd, audio.size])
     n = min(a.size, b.size)
     assert n >= 180
     np.testing.assert_allclose(a[:n], b[:n], atol=1e-5)

@@ -22,6 +22,7 @@ class Reply:
     first_audio: float | None = None
     ended_by: str | None = None  # "mark" or "clear"
     mark: str | None = None
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (wall time, bytes) per message
 
 
 class Conversation:
@@ -92,6 +93,7 @@ class Conversation:
         if reply.first_audio is None:
             reply.first_audio = t
         reply.audio += data
+        reply.chunks.append((t, len(data)))
 
     def logs(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == "log" and e.get("data") == name]
@@ -107,26 +109,28 @@ class Conversation:
         t_start = time.monotonic()
         for i, offset in enumerate(range(0, len(data), step)):
             chunk = data[offset:offset + step]
+            if speed > 0:
+                # like a microphone: a frame exists only once its last sample has been captured
+                delay = t_start + (offset + len(chunk)) / self.fmt.sample_width / self.fmt.sample_rate / speed \
+                    - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif i % 50 == 49:
+                await asyncio.sleep(0)
             if self.media_as == "json":
                 await self.ws.send(json.dumps({"event": "media",
                                                "media": {"payload": base64.b64encode(chunk).decode()}}))
             else:
                 await self.ws.send(chunk)
             self.sent_samples += len(chunk) // self.fmt.sample_width
-            if speed > 0:
-                delay = t_start + (i + 1) * chunk_ms / 1000 / speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            elif i % 50 == 49:
-                await asyncio.sleep(0)
 
     async def send_json(self, value: dict[str, Any]) -> None:
         assert self.ws is not None
         await self.ws.send(json.dumps(value))
 
-    async def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
+    async def wait_for(self, predicate: Any, within: float = 20.0) -> None:
         """Until predicate(self) is true; fails the test on timeout with what was seen."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while not predicate(self):
             self._changed.clear()
             remaining = deadline - time.monotonic()
@@ -137,6 +141,6 @@ class Conversation:
             except TimeoutError:
                 pass
 
-    async def wait_closed(self, timeout: float = 20.0) -> int | None:
-        await asyncio.wait_for(asyncio.shield(self._receiver), timeout)
+    async def wait_closed(self, within: float = 20.0) -> int | None:
+        await asyncio.wait_for(asyncio.shield(self._receiver), within)
         return self.close_code
