@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from vad.engine import VadEngine
 from vad.model import SileroModel
+from wsstream import web
 from wsstream.dialects import NativeDialect, ProtocolError
 from wsstream.dialects.base import Dialect, dumps
 from wsstream.dialects.native import format_from_query
@@ -64,7 +65,8 @@ class WsServer:
         self.config = config or ServerConfig()
         self.metrics = Metrics()
         self.routes: dict[str, Route] = {"/ws": Route(_native_route)}
-        self.http_routes: dict[str, Callable[[Request], Response | None]] = {}
+        # Plain GETs by path; a key ending in "*" matches every path with that prefix.
+        self.http_routes: dict[str, Callable[[Request], Response | None]] = dict(web.ROUTES)
         self.engine = engine
         self.worker: InferenceWorker | None = None
         self.active = 0
@@ -131,7 +133,8 @@ class WsServer:
             return _text(200, "ok\n") if self.ready else _text(503, "not ready\n")
         if path == "/metrics":
             return _text(200, self.metrics.render(self._gauges()), "text/plain; version=0.0.4")
-        handler = self.http_routes.get(path)
+        handler = self.http_routes.get(path) or next(
+            (h for p, h in self.http_routes.items() if p.endswith("*") and path.startswith(p[:-1])), None)
         if handler is not None:
             response = handler(request)
             if response is not None:

@@ -1,0 +1,68 @@
+"""The demo page and its assets, served by the WebSocket server itself (no second web framework).
+
+``GET /`` is ``static/index.html``; ``GET /static/<name>`` is a file from the
+package's ``static/`` directory, and nothing outside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+STATIC = Path(__file__).parent / "static"
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    reason = {200: "OK", 404: "Not Found"}.get(status, "")
+    headers = Headers([
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-cache"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Connection", "close"),
+    ])
+    return Response(status, reason, headers, body)
+
+
+def static_file(name: str, root: Path = STATIC) -> Response | None:
+    """The file ``name`` (relative, URL-encoded) under ``root``, or None when there is no such file."""
+    name = unquote(name)
+    parts = PurePosixPath(name).parts
+    if not parts or "\\" in name or "\x00" in name or any(p in ("..", ".") or p.startswith("/") for p in parts):
+        return None
+    path = root.joinpath(*parts)
+    try:
+        path = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        return None
+    content_type = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return _response(200, path.read_bytes(), content_type)
+
+
+def index(request: Request) -> Response | None:
+    return static_file("index.html")
+
+
+def static(request: Request) -> Response | None:
+    path = request.path.partition("?")[0]
+    return static_file(path.removeprefix("/static/"))
+
+
+# Keys ending in "*" match every path with that prefix (see WsServer._process_request).
+ROUTES = {"/": index, "/static/*": static}
