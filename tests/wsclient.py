@@ -94,6 +94,7 @@ class Conversation:
             reply.first_audio = t
         reply.audio += data
         reply.chunks.append((t, len(data)))
+        self._changed.set()
 
     def logs(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == "log" and e.get("data") == name]

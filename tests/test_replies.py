@@ -1,0 +1,148 @@
+"""The ReplyOnPause API over real sockets to an in-process server: barge-in, inputs, outputs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import handlers
+import numpy as np
+import pytest
+from conftest import load_corpus
+from wsclient import Conversation
+
+from vad.detector import DetectorOptions
+from wsstream.codecs import AudioFormat
+from wsstream.echo import echo
+from wsstream.reply import ReplyOnPause
+
+FMT = AudioFormat("pcm16", 16000)
+
+
+def turn_audio(manifest: dict, name: str, index: int, after_s: float = 1.0) -> np.ndarray:
+    """A turn of a corpus file with 0.4 s before it and ``after_s`` of the following gap."""
+    turn = manifest["files"][name]["turns"][index]
+    audio = load_corpus(name)
+    return audio[max(turn["start"] - 6400, 0):turn["end"] + int(after_s * 16000)]
+
+
+@pytest.mark.parametrize("fn", [handlers.long_sync, handlers.long_async], ids=["sync", "async"])
+async def test_barge_in_stops_reply_runs_finally_and_next_turn_is_answered(
+        make_server, manifest: dict, fn) -> None:
+    server = await make_server(ReplyOnPause(fn=fn))
+    handlers.FINALLY.clear()
+    first = turn_audio(manifest, "dialog_00.flac", 0)
+    second = turn_audio(manifest, "dialog_00.flac", 2)
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        await conv.send_audio(first)
+        await conv.wait_for(lambda c: c.replies and len(c.replies[0].audio) > 24000)  # reply is playing
+        assert not handlers.FINALLY
+        # the user speaks again, in real time, over the 10 s reply
+        await conv.send_audio(second, speed=1.0)
+        await conv.wait_for(lambda c: c.of("event", "clear"))
+        clear_t = conv.of("event", "clear")[0]["wall"]
+        await conv.wait_for(lambda c: len(c.logs("response_starting")) == 2)
+        # barge-in happened at the second started_talking, before the reply could finish
+        starts = conv.logs("started_talking")
+        assert len(starts) == 2 and starts[1]["wall"] <= clear_t
+        assert conv.replies[0].ended_by == "clear"
+        assert len(conv.replies[0].audio) < 10 * 16000 * 2  # cut short
+        # no audio of the old reply after clear: every later frame belongs to the new reply
+        assert all(t <= clear_t for t, _ in conv.replies[0].chunks)
+        assert len(conv.replies) == 2 and conv.replies[1].started > clear_t
+        await asyncio.sleep(0.2)
+    assert handlers.FINALLY == ["sync" if fn is handlers.long_sync else "async"]
+    assert len(conv.logs("pause_detected")) == 2
+
+
+async def test_no_interrupt_ignores_speech_during_reply(make_server, manifest: dict) -> None:
+    app = ReplyOnPause(fn=handlers.long_async, options=DetectorOptions(can_interrupt=False))
+    server = await make_server(app, )
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        await conv.send_audio(turn_audio(manifest, "dialog_00.flac", 0))
+        await conv.wait_for(lambda c: c.replies and c.replies[0].audio)
+        await conv.send_audio(turn_audio(manifest, "dialog_00.flac", 2), speed=1.0)
+        assert not conv.of("event", "clear")
+        assert len(conv.logs("started_talking")) == 1
+
+
+async def test_inputs_outputs_context_and_trigger(make_server, manifest: dict) -> None:
+    server = await make_server(ReplyOnPause(fn=handlers.recording))
+    handlers.CALLS.clear()
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    async with Conversation(url, FMT, extra_start={"id": "client-7", "inputs": ["en", 3]}) as conv:
+        await conv.send_audio(turn_audio(manifest, "dialog_01.flac", 1))
+        await conv.wait_for(lambda c: c.of("type", "fetch_output"))
+        out = conv.of("type", "fetch_output")[0]
+        pause = conv.logs("pause_detected")[0]
+        assert out["data"] == ["heard", round(pause["speech_s"], 2)]
+        await conv.wait_for(lambda c: c.of("event", "mark"))
+        # new inputs apply from the next reply on
+        await conv.send_json({"event": "input", "data": {"voice": "alto"}})
+        audio = turn_audio(manifest, "dialog_01.flac", 2, after_s=0.0)
+        await conv.send_audio(audio[: audio.size // 2])  # mid-turn: no pause yet
+        await conv.wait_for(lambda c: len(c.logs("started_talking")) == 2)
+        await asyncio.sleep(0.3)
+        await conv.send_json({"event": "trigger"})
+        await conv.wait_for(lambda c: len(c.of("event", "mark")) == 2)
+        assert conv.logs("pause_detected")[1]["reason"] == "forced"
+        await conv.send_json({"event": "trigger"})
+        await conv.wait_for(lambda c: c.of("type", "warning"))
+    first, second = handlers.CALLS
+    assert first["args"] == ("en", 3) and first["kwargs"] == {} and first["client_id"] == "client-7"
+    assert first["rate"] == 16000 and first["dtype"] == "int16"
+    assert abs(first["samples"] - pause["speech_s"] * 16000) <= 1
+    assert second["args"] == () and second["kwargs"] == {"voice": "alto"}
+    assert second["session"] == first["session"]
+
+
+async def test_reply_error_is_reported_and_session_goes_on(make_server, manifest: dict) -> None:
+    server = await make_server(ReplyOnPause(fn=handlers.failing))
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        await conv.send_audio(turn_audio(manifest, "dialog_02.flac", 0))
+        await conv.wait_for(lambda c: c.of("type", "error"))
+        assert "the model fell over" in conv.of("type", "error")[0]["data"]
+        await conv.wait_for(lambda c: c.of("event", "mark"))  # the reply still ends cleanly
+        await conv.send_audio(turn_audio(manifest, "dialog_02.flac", 1))
+        await conv.wait_for(lambda c: len(c.logs("pause_detected")) == 2)
+
+
+async def test_close_stream_and_greeting(make_server, manifest: dict) -> None:
+    server = await make_server(ReplyOnPause(fn=handlers.closing, startup_fn=handlers.greeting))
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        await conv.send_audio(np.zeros(1600, dtype=np.int16))
+        await conv.wait_for(lambda c: c.of("event", "mark"))
+        assert len(conv.replies[0].audio) == 8000 * 2  # the greeting, before any speech
+        await conv.send_audio(turn_audio(manifest, "dialog_03.flac", 0))
+        assert await conv.wait_closed() == 1000
+    assert len(conv.of("event", "mark")) == 2
+
+
+async def test_stop_finishes_the_reply_then_closes(make_server, manifest: dict) -> None:
+    server = await make_server(ReplyOnPause(fn=echo))
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        # speech then stop, with no pause: stop ends the turn and the reply is still sent in full
+        await conv.send_audio(turn_audio(manifest, "dialog_03.flac", 1, after_s=0.05))
+        await conv.send_json({"event": "stop"})
+        assert await conv.wait_closed() == 1000
+    pause = conv.logs("pause_detected")[0]
+    assert pause["reason"] == "forced"
+    assert conv.replies[0].ended_by == "mark"
+    assert abs(len(conv.replies[0].audio) / 2 - pause["speech_s"] * 16000) <= 320
+
+
+async def test_sessions_are_cleaned_up(make_server, manifest: dict) -> None:
+    server = await make_server(ReplyOnPause(fn=handlers.long_async))
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        await conv.send_audio(turn_audio(manifest, "dialog_00.flac", 0))
+        await conv.wait_for(lambda c: c.replies)
+        assert server.active == 1
+    # the client vanished mid-reply: the session, its reply and its VAD slot are released
+    for _ in range(100):
+        if server.active == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert server.active == 0
+    await asyncio.sleep(0.1)
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    names = [t.get_coro().__qualname__ for t in tasks]
+    assert not [n for n in names if n.startswith("Session.")], names
