@@ -142,3 +142,60 @@ async def test_demo_page_talks_in_chromium(make_server: Any, manifest: dict[str,
 
     assert after["state"] == "closed" and not after["errors"], after
     assert server.metrics.counters.get("events_pause_detected", 0) >= 3
+
+
+async def test_demo_page_says_what_went_wrong(make_server: Any, tmp_path: Path) -> None:
+    """Server full, socket closed and microphone refused are shown to the person in words."""
+    chromium = require_program("chromium")
+    audio, rate = sf.read(DATA / FILE, dtype="int16", frames=16000)
+    wav = tmp_path / "short.wav"
+    sf.write(wav, audio, rate, subtype="PCM_16")
+    full = await make_server(ReplyOnPause(fn=echo), concurrency_limit=0)
+    open_server = await make_server(ReplyOnPause(fn=echo))
+
+    async def error_after_start(context: Any, port: int, then: Any = None) -> tuple[str, str, dict[str, Any]]:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.click("#start")
+        if then is not None:
+            await page.wait_for_function("() => window.wsstreamDemo.state === 'open'", timeout=10_000)
+            await then()
+        await page.wait_for_function("() => window.wsstreamDemo.errors.length > 0", timeout=10_000)
+        await page.wait_for_function("() => !document.querySelector('#start').disabled", timeout=10_000)
+        text = await page.inner_text("#error")
+        pill = await page.inner_text("#conn")
+        demo = await page.evaluate("() => JSON.parse(JSON.stringify(window.wsstreamDemo))")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / f"demo-error-{demo['errors'][0]['kind']}.png"))
+        assert not errors
+        await page.close()
+        return text, pill, demo
+
+    async with async_playwright() as pw:
+        args = chromium_args(wav)
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=args)
+        try:
+            text, pill, demo = await error_after_start(context, full.port)
+            assert "server is full" in text and "Try again" in text, text
+            assert "server full" in pill
+            assert [e["kind"] for e in demo["errors"]] == ["server_full"]
+
+            text, pill, demo = await error_after_start(context, open_server.port, then=open_server.aclose)
+            assert "connection to the server was closed" in text, text
+            assert [e["kind"] for e in demo["errors"]] == ["closed"]
+        finally:
+            await context.close()
+
+        # Without the fake permission UI, headless Chromium refuses the microphone.
+        no_ui = [a for a in args if a != "--use-fake-ui-for-media-stream"]
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile2"), executable_path=chromium, headless=True, args=no_ui)
+        try:
+            text, pill, demo = await error_after_start(context, full.port)
+            assert "Microphone access was refused" in text, text
+            assert [e["kind"] for e in demo["errors"]] == ["microphone"]
+        finally:
+            await context.close()

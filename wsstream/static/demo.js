@@ -24,6 +24,7 @@ const $ = (id) => document.getElementById(id);
 let client = null;
 let t0 = 0;
 let pauseAt = null;
+let failed = false;            // an error was shown since the last Start
 const trace = [];              // [t, p]
 const markers = [];            // [t, kind]
 
@@ -61,7 +62,7 @@ const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.
 
 function wire(s) {
   s.on("state", ({ state }) => {
-    setState(state);
+    if (!failed || state !== "closed") setState(state);  // keep showing the error
     if (state === "closed") {
       $("start").disabled = false;
       $("stop").disabled = true;
@@ -69,9 +70,11 @@ function wire(s) {
     }
   });
   s.on("error", ({ kind, message }) => {
+    failed = true;
     demo.errors.push({ kind, message });
     showError(message);
-    setState("error", kind === "server_full" ? "server full" : kind === "microphone" ? "no microphone" : "error");
+    setState("error", { server_full: "server full", microphone: "no microphone", closed: "disconnected",
+                        connect: "cannot connect" }[kind] ?? "error");
   });
   s.on("log", (e) => {
     let details = "";
@@ -117,6 +120,7 @@ function wire(s) {
 
 async function start() {
   $("error").hidden = true;
+  failed = false;
   $("start").disabled = true;
   $("hint").textContent = "";
   const processing = params.get("processing") !== "0";
@@ -187,7 +191,7 @@ function draw() {
   g.textAlign = "center";
   g.textBaseline = "top";
   for (let s = Math.ceil(begin); s <= end; s += 1) {
-    if (s < 0) continue;
+    if (s < 0 || x(s) + 10 > w) continue;
     g.fillText(`${s}s`, x(s), bottom + 5);
   }
 
@@ -247,8 +251,9 @@ function draw() {
   shownDb = Math.max(instant, shownDb - (now - lastDraw) * 0.03);  // falls 30 dB/s
   lastDraw = now;
   const db = shownDb;
-  $("level-bar").style.width = `${Math.max(0, Math.min(100, (db + 60) / 60 * 100))}%`;
-  $("level-db").textContent = demo.state === "open" ? db.toFixed(0) : "–";
+  const listening = demo.state === "open";
+  $("level-bar").style.width = listening ? `${Math.max(0, Math.min(100, (db + 60) / 60 * 100))}%` : "0";
+  $("level-db").textContent = listening ? db.toFixed(0) : "–";
   const pb = client?.playback;
   if (pb) {
     demo.playedSamples = pb.played;

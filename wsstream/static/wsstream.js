@@ -138,6 +138,13 @@ const ERRORS = {
   SecurityError: "The microphone is only available on secure pages (https:// or http://localhost).",
 };
 
+const CLOSE_REASONS = {
+  1001: "the server is shutting down or restarting",
+  1006: "the network connection was lost",
+  1011: "the server hit an internal error",
+  1013: "the server is overloaded",
+};
+
 export class WsStream {
   /**
    * @param {object} [options]
@@ -259,8 +266,8 @@ export class WsStream {
           this._fail("connect", `Could not connect to the server at ${this.url}.`);
           reject(new Error("could not connect"));
         } else if (!this._closingByUs && !this._full) {
-          const why = e.reason ? `: ${e.reason}` : "";
-          this._fail("closed", `The connection to the server was closed (code ${e.code}${why}).`,
+          const why = CLOSE_REASONS[e.code] ?? e.reason ?? "";
+          this._fail("closed", `The connection to the server was closed${why ? `: ${why}` : ""} (code ${e.code}).`,
                      { code: e.code, reason: e.reason });
         } else if (this._closingByUs && e.code !== 1000 && e.code !== 1005) {
           this._fail("closed", `The server closed the connection with code ${e.code}${e.reason ? ": " + e.reason : ""}.`,
