@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 from vad.detector import DetectorOptions
+from wsstream import workers
 from wsstream.codecs import ENCODINGS, AudioFormat
 from wsstream.reply import ReplyOnPause
 from wsstream.server import ServerConfig, WsServer
@@ -57,16 +59,22 @@ def build_app(args: argparse.Namespace) -> ReplyOnPause:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    worker = args.worker_index is not None  # one of --workers N, started by wsstream.workers
     config = ServerConfig(host=args.host, port=args.port, concurrency_limit=args.concurrency_limit,
-                          session=SessionConfig(lead_ms=args.lead_ms))
+                          session=SessionConfig(lead_ms=args.lead_ms), reuse_port=worker)
     server = WsServer(build_app(args), config)
+    server.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
     await server.start()
-    print(f"wsstream: listening on ws://{args.host}:{server.port}/ws", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if worker:
+        workers.watch_parent(args.parent_fd, stop.set)
+        workers.announce_ready(args.ready_fd, args.worker_index, server.port)
+    else:
+        print(f"wsstream: listening on ws://{args.host}:{server.port}/ws", flush=True)
     await stop.wait()
     await server.aclose()
 
@@ -105,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help=f"pause detector option (default {getattr(defaults, name)})")
     s.add_argument("--no-interrupt", action="store_true", help="user speech does not stop a reply (no barge-in)")
-    s.add_argument("--concurrency-limit", type=int, default=500, help="most simultaneous streams (default 500)")
+    s.add_argument("--concurrency-limit", type=int, default=500,
+                   help="most simultaneous streams in total (default 500); with --workers N each worker "
+                        "admits an equal share, the shares adding up to the limit")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port with SO_REUSEPORT, each with its own model (default 1)")
+    for hidden in ("--worker-index", "--ready-fd", "--parent-fd"):  # set by the --workers supervisor
+        s.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("--lead-ms", type=float, default=SessionConfig.lead_ms,
                    help="reply audio sent ahead of real time, at most")
     s.add_argument("--input-sample-rate", type=int, default=None,
@@ -123,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--media-as", default="binary", choices=("binary", "json"))
     c.add_argument("--out", help="save the reply audio to this WAV file")
 
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.command == "serve" and args.workers != 1 and args.worker_index is None:
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        return workers.supervise(args, argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(_serve(args))
