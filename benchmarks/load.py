@@ -1,0 +1,340 @@
+"""Load benchmark: N real-time streams against a real server process, swept until it breaks.
+
+    uv run python benchmarks/load.py [--sweep 50,100,200,300,400] [--duration 30]
+
+For each N: starts ``wsstream serve`` (its CLI, a separate process) pinned to
+core 0, and a load generator process pinned to core 1 that opens N /ws
+connections on loopback, each streaming a corpus file (looped) in real time as
+20 ms binary pcm16 16 kHz frames, starts staggered over 2 s, for --duration
+seconds, then stops. The generator sends all streams' frames from one 20 ms
+ticker and reports how late its ticks ran, so you can see it is not the
+bottleneck.
+
+Reports per N: server CPU (cores, from /proc), CPU ms per stream-second, frames
+sent vs samples the server took in (nothing may be lost), pause_detected latency
+after each turn's last sample (wall clock) and its excess over what the
+detector alone gives on the same audio (computed offline in this run),
+first-reply-audio latency, server RSS and RSS per connection. Names the largest
+N that held: no lost audio, server CPU below one core, p99 excess <= 20 ms.
+Writes benchmarks/results/load.json and, with matplotlib installed
+(``uv run --with matplotlib ...``), load.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+FRAME = 320  # samples: 20 ms at 16 kHz
+TICK = 0.02
+
+
+# ---------------------------------------------------------------- offline truth
+
+def offline_latencies(files: list[str], pause_ms: float) -> dict[str, list[tuple[float, float]]]:
+    """Per file: (turn end s, detector-alone pause_detected s) for each turn, on a looped copy."""
+    from _corpus import load, manifest
+
+    from vad.detector import DetectorOptions, PauseDetected, PauseDetector, levels_db
+    from vad.engine import VadEngine
+    from vad.model import SileroModel
+
+    man = manifest()
+    engine = VadEngine(SileroModel(), max_pending_s=30.0)
+    out = {}
+    frame_s = FRAME / 16000
+    for name in files:
+        audio = load(name)
+        stream = engine.open_stream(16000)
+        det = PauseDetector(DetectorOptions(pause_ms=pause_ms), 16000, 512)
+        pauses = []
+        looped = np.concatenate([audio, audio, audio, audio])
+        for i in range(0, looped.size, 16000):
+            stream.push(looped[i:i + 16000])
+            w = stream.take_windows()
+            if len(w):
+                pauses += [e.at / 16000 for e in det.push(engine.process([(stream, w)])[0], levels_db(w))
+                           if isinstance(e, PauseDetected)]
+        stream.close()
+        ends = [t["end"] / 16000 + k * audio.size / 16000 for k in range(4) for t in man["files"][name]["turns"]]
+        pairs = []
+        for end in ends:
+            after = [p for p in pauses if p >= end]
+            if after:
+                # the server can know only once the 20 ms frame holding the deciding window's end arrives
+                pairs.append((end, float(np.ceil(after[0] / frame_s - 1e-9) * frame_s)))
+        out[name] = pairs
+    return out
+
+
+# ---------------------------------------------------------------- load generator (own process)
+
+async def generate(url: str, n: int, duration: float, stagger: float, files: list[str]) -> dict[str, Any]:
+    from _corpus import load
+    from websockets.asyncio.client import connect
+
+    pcm = {name: (np.clip(load(name), -1, 1) * 32767).astype("<i2") for name in files}
+    frames = {name: [a[i:i + FRAME].tobytes() for i in range(0, a.size - FRAME + 1, FRAME)]
+              for name, a in pcm.items()}
+    conns: list[dict[str, Any]] = []
+    start_json = json.dumps({"event": "start", "format": {"encoding": "pcm16", "sample_rate": 16000}})
+
+    async def receiver(c: dict[str, Any]) -> None:
+        ws = c["ws"]
+        try:
+            async for msg in ws:
+                now = time.monotonic()
+                if isinstance(msg, bytes):
+                    c["rx_frames"] += 1
+                    if c["waiting_audio"] is not None:
+                        c["reply_lat"].append(now - c["waiting_audio"])
+                        c["waiting_audio"] = None
+                    continue
+                data = json.loads(msg).get("data")
+                if data == "pause_detected":
+                    c["pauses"].append(now)
+                    c["waiting_audio"] = now
+        except Exception:  # closed at the end of the run
+            pass
+
+    for i in range(n):
+        name = files[i % len(files)]
+        ws = await connect(url, compression=None, max_queue=None)
+        await ws.send(start_json)
+        c = {"ws": ws, "name": name, "frames": frames[name], "sent": 0, "pauses": [], "reply_lat": [],
+             "waiting_audio": None, "rx_frames": 0, "t0": None}
+        c["task"] = asyncio.create_task(receiver(c))
+        conns.append(c)
+
+    t_begin = time.monotonic()
+    starts = [t_begin + stagger * i / max(n, 1) for i in range(n)]
+    lateness = []
+    tick = 0
+    end = t_begin + stagger + duration
+    while True:
+        due = t_begin + tick * TICK
+        now = time.monotonic()
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.monotonic()
+        lateness.append(now - due)
+        if now >= end:
+            break
+        for i, c in enumerate(conns):
+            if now < starts[i]:
+                continue
+            if c["t0"] is None:
+                c["t0"] = due
+                c["tick0"] = tick
+            # frames whose audio has been "captured" by this tick: frame k ends at t0 + (k + 1) * 20 ms
+            want = tick - c["tick0"]
+            while c["sent"] < want:
+                fr = c["frames"]
+                await c["ws"].send(fr[c["sent"] % len(fr)])
+                c["sent"] += 1
+        tick += 1
+    await asyncio.sleep(2.0)  # let the last pauses and replies arrive
+    for c in conns:
+        await c["ws"].close()
+        c["task"].cancel()
+    return {
+        "tick_late_ms_p99": float(np.percentile(lateness, 99) * 1000),
+        "tick_late_ms_max": float(np.max(lateness) * 1000),
+        "samples_sent": int(sum(c["sent"] for c in conns) * FRAME),
+        "conns": [{"name": c["name"], "t0": c["t0"], "pauses": c["pauses"], "reply_lat": c["reply_lat"],
+                   "rx_frames": c["rx_frames"], "sent": c["sent"]} for c in conns],
+    }
+
+
+def generator_main(args: argparse.Namespace) -> None:
+    result = asyncio.run(generate(args.url, args.n, args.duration, args.stagger, args.files.split(",")))
+    Path(args.out).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- orchestration
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    match = re.search(rf"^wsstream_{name} ([\d.e+]+)$", body, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def taskset(core: str) -> list[str]:
+    return ["taskset", "-c", core] if core and subprocess.run(["which", "taskset"], capture_output=True).returncode == 0 \
+        else []
+
+
+def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    server = subprocess.Popen(
+        [*taskset(args.server_core), sys.executable, "-m", "wsstream.cli", "serve", "--port", "0",
+         "--concurrency-limit", "100000", "--log-level", "WARNING", *args.server_args.split()],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        port = None
+        for line in server.stdout:
+            match = re.search(r"listening on ws://[\d.]+:(\d+)/ws", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "server did not start"
+        rss_idle = proc_rss_mb(server.pid)
+        out = HERE / "results" / f"gen_{n}.json"
+        out.parent.mkdir(exist_ok=True)
+        cpu0 = proc_cpu_seconds(server.pid)
+        t0 = time.monotonic()
+        gen = subprocess.Popen([*taskset(args.client_core), sys.executable, __file__, "--generator",
+                                "--url", f"ws://127.0.0.1:{port}/ws", "--n", str(n), "--duration",
+                                str(args.duration), "--stagger", str(args.stagger), "--files", ",".join(truth),
+                                "--out", str(out)], cwd=ROOT)
+        # sample CPU and RSS over the steady part of the run
+        time.sleep(args.stagger + 1.0)
+        cpu1, w1 = proc_cpu_seconds(server.pid), time.monotonic()
+        rss_peak = 0.0
+        while gen.poll() is None and time.monotonic() - w1 < args.duration - 1.5:
+            rss_peak = max(rss_peak, proc_rss_mb(server.pid))
+            time.sleep(0.5)
+        cpu2, w2 = proc_cpu_seconds(server.pid), time.monotonic()
+        gen.wait()
+        wall = time.monotonic() - t0
+        samples_in = metric(port, "audio_samples_in")
+        result = json.loads(out.read_text())
+        out.unlink()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    excess, pause_lat, reply_lat = [], [], []
+    for c in result["conns"]:
+        pairs = truth[c["name"]]
+        for end, offline in pairs:
+            sent_at = c["t0"] + end  # the turn's last sample was captured (and sent) then
+            if sent_at + 1.5 > c["t0"] + c["sent"] * TICK:
+                continue  # the run ended before this turn could finish
+            seen = [p for p in c["pauses"] if p >= sent_at - 0.05]
+            if not seen:
+                excess.append(float("inf"))
+                continue
+            lat = seen[0] - sent_at
+            pause_lat.append(lat * 1000)
+            excess.append((lat - (offline - end)) * 1000)
+        reply_lat += [x * 1000 for x in c["reply_lat"]]
+    ex = np.array(excess)
+    cpu_cores = (cpu2 - cpu1) / (w2 - w1)
+    lost = result["samples_sent"] - samples_in
+    row = {
+        "n": n, "server_cpu_cores": round(cpu_cores, 3),
+        "cpu_ms_per_stream_s": round(cpu_cores / n * 1000, 3),
+        "samples_sent": result["samples_sent"], "samples_server_took": int(samples_in), "lost_samples": int(lost),
+        "turns_measured": int(ex.size), "turns_missed": int(np.isinf(ex).sum()),
+        "pause_ms_p50": _pct(pause_lat, 50), "pause_ms_p95": _pct(pause_lat, 95), "pause_ms_p99": _pct(pause_lat, 99),
+        "excess_ms_p50": _pct(ex[np.isfinite(ex)], 50), "excess_ms_p99": _pct(ex[np.isfinite(ex)], 99),
+        "reply_ms_p50": _pct(reply_lat, 50), "reply_ms_p99": _pct(reply_lat, 99),
+        "rss_idle_mb": round(rss_idle, 1), "rss_peak_mb": round(rss_peak, 1),
+        "rss_kb_per_conn": round((rss_peak - rss_idle) * 1024 / n, 1),
+        "gen_tick_late_ms_p99": round(result["tick_late_ms_p99"], 1), "wall_s": round(wall, 1),
+    }
+    row["held"] = bool(lost == 0 and row["turns_missed"] == 0 and cpu_cores < 0.97
+                       and row["excess_ms_p99"] is not None and row["excess_ms_p99"] <= 20.0)
+    return row
+
+
+def _pct(values: Any, q: float) -> float | None:
+    v = np.asarray(values, dtype=float)
+    return round(float(np.percentile(v, q)), 1) if v.size else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", default="50,100,200,300,400")
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--stagger", type=float, default=2.0)
+    ap.add_argument("--server-core", default="0")
+    ap.add_argument("--client-core", default="1")
+    ap.add_argument("--server-args", default="", help="extra flags for wsstream serve")
+    ap.add_argument("--stop-after-fail", type=int, default=1, help="stop the sweep after this many failed N")
+    ap.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--files", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generator:
+        generator_main(args)
+        return
+    from _corpus import manifest
+
+    files = sorted(manifest()["files"])
+    truth = offline_latencies(files, 600.0)
+    rows, fails = [], 0
+    cols = ["n", "server_cpu_cores", "cpu_ms_per_stream_s", "lost_samples", "turns_measured", "turns_missed",
+            "pause_ms_p50", "pause_ms_p95", "pause_ms_p99", "excess_ms_p99", "reply_ms_p50", "reply_ms_p99",
+            "rss_kb_per_conn", "gen_tick_late_ms_p99", "held"]
+    print(" ".join(f"{c:>12}" for c in cols), flush=True)
+    for n in (int(x) for x in args.sweep.split(",")):
+        row = run_one(n, args, truth)
+        rows.append(row)
+        print(" ".join(f"{row[c]!s:>12}" for c in cols), flush=True)
+        fails += not row["held"]
+        if fails >= args.stop_after_fail:
+            break
+    held = [r["n"] for r in rows if r["held"]]
+    best = max(held) if held else 0
+    print(f"\nlargest N that held (no lost audio, < 1 core, p99 excess over detector alone <= 20 ms): {best} "
+          f"streams on one core")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "load.json").write_text(json.dumps({"rows": rows, "streams_per_core": best,
+                                               "duration_s": args.duration}, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (uv run --with matplotlib python benchmarks/load.py)")
+        return
+    fig, ax1 = plt.subplots(figsize=(8, 4.5))
+    ns = [r["n"] for r in rows]
+    for key, label in (("pause_ms_p50", "pause p50"), ("pause_ms_p95", "pause p95"), ("pause_ms_p99", "pause p99")):
+        ax1.plot(ns, [r[key] for r in rows], marker="o", label=label)
+    ax1.set_xlabel("concurrent real-time streams (server on one core)")
+    ax1.set_ylabel("pause_detected after turn end (ms)")
+    ax2 = ax1.twinx()
+    ax2.plot(ns, [r["server_cpu_cores"] for r in rows], color="k", linestyle="--", marker="s", label="server CPU")
+    ax2.set_ylabel("server CPU (cores)")
+    ax1.legend(loc="upper left")
+    ax2.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "load.png", dpi=110)
+    print(f"plot: {out / 'load.png'}")
+
+
+if __name__ == "__main__":
+    main()
