@@ -186,8 +186,8 @@ def metric(port: int, name: str) -> float:
 
 
 def taskset(core: str) -> list[str]:
-    return ["taskset", "-c", core] if core and subprocess.run(["which", "taskset"], capture_output=True).returncode == 0 \
-        else []
+    found = subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
+    return ["taskset", "-c", core] if core and found else []
 
 
 def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
@@ -207,7 +207,6 @@ def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float,
         rss_idle = proc_rss_mb(server.pid)
         out = HERE / "results" / f"gen_{n}.json"
         out.parent.mkdir(exist_ok=True)
-        cpu0 = proc_cpu_seconds(server.pid)
         t0 = time.monotonic()
         gen = subprocess.Popen([*taskset(args.client_core), sys.executable, __file__, "--generator",
                                 "--url", f"ws://127.0.0.1:{port}/ws", "--n", str(n), "--duration",

@@ -109,3 +109,17 @@ def test_pending_buffer_is_bounded(model: SileroModel) -> None:
     stream.push(np.zeros(16000, dtype=np.float32))
     with pytest.raises(OverflowError):
         stream.push(np.zeros(10, dtype=np.float32))
+
+
+def test_levels_from_the_batch_match_per_window_levels(model: SileroModel) -> None:
+    from vad.detector import levels_db
+
+    engine = VadEngine(model)
+    a, b = engine.open_stream(16000), engine.open_stream(8000)
+    a.push(load_corpus("dialog_02.flac")[:16000 * 2])  # int16 straight in
+    b.push(int16_to_float(load_corpus("dialog_02.flac", 8000)[:8000 * 2]))
+    wa, wb = a.take_windows(), b.take_windows()
+    (pa, la), (pb, lb) = engine.process_with_levels([(a, wa), (b, wb)])
+    np.testing.assert_allclose(la, levels_db(wa), atol=1e-3)
+    np.testing.assert_allclose(lb, levels_db(wb), atol=1e-3)
+    assert pa.shape == (len(wa),) and pb.shape == (len(wb),)

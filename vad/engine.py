@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vad.detector import levels_db
 from vad.model import STATE_SIZE, SileroModel
 
 WINDOW = {16000: 512, 8000: 256}
 CONTEXT = {16000: 64, 8000: 32}
+LEVEL_PARTS = 4  # sub-windows per window for signal levels (8 ms at 16 kHz)
 
 
 def vad_rate_for(sample_rate: int) -> int:
@@ -90,13 +92,20 @@ class VadStream:
         return self._buf.size
 
     def push(self, audio: np.ndarray) -> None:
-        """Append float32 mono audio at the input rate. Raises OverflowError when the buffer is full."""
+        """Append mono audio at the input rate: float32 in -1..1, or int16 (scaled on the way in,
+        with no intermediate array). Raises OverflowError when the buffer is full."""
         if self._resampler is not None:
+            if audio.dtype == np.int16:
+                audio = audio.astype(np.float32) * np.float32(1 / 32768)
             audio = self._resampler.resample_chunk(audio)
         n = audio.size
         if self._fill + n > self._buf.size:
             raise OverflowError(f"VAD input buffer full ({self._buf.size} samples pending)")
-        self._buf[self._fill:self._fill + n] = audio
+        out = self._buf[self._fill:self._fill + n]
+        if audio.dtype == np.int16:
+            np.multiply(audio, np.float32(1 / 32768), out=out, casting="unsafe")
+        else:
+            out[:] = audio
         self._fill += n
 
     def take_windows(self, limit: int | None = None) -> np.ndarray:
@@ -155,8 +164,19 @@ class VadEngine:
         advances one window per call, since each window needs the state left by
         the one before it.
         """
+        return [probs for probs, _ in self._process(batch, with_levels=False)]
+
+    def process_with_levels(self, batch: Sequence[tuple[VadStream, np.ndarray]]
+                            ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """As ``process``, plus each window's sub-window levels (``levels_db``), computed for the whole
+        batch at once rather than stream by stream."""
+        return self._process(batch, with_levels=True)
+
+    def _process(self, batch: Sequence[tuple[VadStream, np.ndarray]], with_levels: bool
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
         self._housekeeping()
-        results: list[np.ndarray] = [np.empty(len(w), dtype=np.float32) for _, w in batch]
+        empty = np.empty(0, dtype=np.float32)
+        results: list[tuple[np.ndarray, np.ndarray]] = [(empty, empty)] * len(batch)
         by_rate: dict[int, list[int]] = {}
         for i, (stream, windows) in enumerate(batch):
             if stream.closed or len(windows) == 0:
@@ -165,25 +185,36 @@ class VadEngine:
                 stream.slot = self._banks[stream.rate].allocate()
             by_rate.setdefault(stream.rate, []).append(i)
         for rate, members in by_rate.items():
-            self._run_rate(self._banks[rate], batch, members, results)
+            self._run_rate(self._banks[rate], batch, members, results, with_levels)
         return results
 
-    def _run_rate(self, bank: _Bank, batch: Sequence[tuple[VadStream, np.ndarray]],
-                  members: list[int], results: list[np.ndarray]) -> None:
+    def _run_rate(self, bank: _Bank, batch: Sequence[tuple[VadStream, np.ndarray]], members: list[int],
+                  results: list[tuple[np.ndarray, np.ndarray]], with_levels: bool) -> None:
         counts = np.array([len(batch[i][1]) for i in members])
         slots_all = np.array([batch[i][0].slot for i in members])
-        ctx = bank.ctx
-        for step in range(int(counts.max())):
-            active = np.flatnonzero(counts > step)
+        steps = int(counts.max())
+        probs_all = np.zeros((len(members), steps), dtype=np.float32)
+        levels_all = np.zeros((len(members), steps, LEVEL_PARTS), dtype=np.float32) if with_levels else None
+        ctx, win = bank.ctx, bank.window
+        uniform = bool((counts == steps).all())
+        stacked = np.stack([batch[i][1] for i in members]) if uniform else None  # [B, steps, window]
+        for step in range(steps):
+            active = np.arange(len(members)) if uniform else np.flatnonzero(counts > step)
             slots = slots_all[active]
-            x = np.empty((active.size, ctx + bank.window), dtype=np.float32)
+            x = np.empty((active.size, ctx + win), dtype=np.float32)
             x[:, :ctx] = bank.context[slots]
-            x[:, ctx:] = np.stack([batch[members[a]][1][step] for a in active]) if active.size > 1 \
-                else batch[members[active[0]]][1][step]
+            if stacked is not None:
+                x[:, ctx:] = stacked[:, step]
+            else:
+                x[:, ctx:] = np.stack([batch[members[a]][1][step] for a in active])
             probs, state = self.model(x, bank.state[:, slots], bank.rate)
             bank.state[:, slots] = state
             bank.context[slots] = x[:, -ctx:]
-            for a, p in zip(active, probs, strict=True):
-                results[members[a]][step] = p
+            probs_all[active, step] = probs
+            if levels_all is not None:
+                levels_all[active, step] = levels_db(x[:, ctx:], LEVEL_PARTS)
             self.stats.calls += 1
             self.stats.windows += active.size
+        for j, i in enumerate(members):
+            n = counts[j]
+            results[i] = (probs_all[j, :n], levels_all[j, :n] if levels_all is not None else probs_all[j, :0])

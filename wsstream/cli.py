@@ -58,6 +58,21 @@ def build_app(args: argparse.Namespace) -> ReplyOnPause:
     return app
 
 
+def _run(main: Any, loop: str) -> None:
+    """Run on asyncio's loop, or uvloop's (optional dependency: ``pip install uvloop``)."""
+    factory = None
+    if loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            if loop == "uvloop":
+                raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     worker = args.worker_index is not None  # one of --workers N, started by wsstream.workers
     config = ServerConfig(host=args.host, port=args.port, concurrency_limit=args.concurrency_limit,
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--output-sample-rate", type=int, default=None,
                    help="output rate for fastrtc clients (default 24000)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
+                   help="event loop: uvloop when installed (auto), or force one")
 
     c = sub.add_parser("client", help="stream an audio file in real time and print what comes back")
     c.add_argument("file")
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return workers.supervise(args, argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        asyncio.run(_serve(args))
+        _run(_serve(args), args.loop)
         return 0
     return asyncio.run(_client(args))
 

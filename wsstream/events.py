@@ -52,7 +52,7 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    pass
+    finish: bool = True  # finish the reply in progress first (/ws); False: hang up now (a call ended)
 
 
 @dataclass(frozen=True, slots=True)

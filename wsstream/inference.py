@@ -24,7 +24,7 @@ log = logging.getLogger("wsstream.inference")
 class VadClient(Protocol):
     vad: VadStream
 
-    def on_vad(self, windows: np.ndarray, probs: np.ndarray) -> None: ...
+    def on_vad(self, probs: np.ndarray, levels: np.ndarray) -> None: ...
 
 
 @dataclass
@@ -86,12 +86,12 @@ class InferenceWorker:
                 self._ready[id(client)] = client
         if not batch:
             return
-        results = await loop.run_in_executor(self._executor, self.engine.process, batch)
+        results = await loop.run_in_executor(self._executor, self.engine.process_with_levels, batch)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for client, (_, windows), probs in zip(owners, batch, results, strict=True):
-            self.stats.windows += len(windows)
+        for client, (probs, levels) in zip(owners, results, strict=True):
+            self.stats.windows += len(probs)
             try:
-                client.on_vad(windows, probs)
+                client.on_vad(probs, levels)
             except Exception:  # one stream's bug must not stop the others' VAD
                 log.exception("VAD result handler failed")

@@ -26,9 +26,8 @@ from vad.detector import (
     PauseDetector,
     PauseTentative,
     StartedTalking,
-    levels_db,
 )
-from wsstream.codecs import AudioFormat, FormatError, decode, int16_to_float
+from wsstream.codecs import AudioFormat, FormatError, decode
 from wsstream.events import (
     AudioIn,
     AudioOut,
@@ -215,7 +214,9 @@ class Session:
             self.context.dtmf.append(event.digit)
             del self.context.dtmf[:-100]
         elif isinstance(event, Stop):
-            if not self._stopping:
+            if not event.finish:
+                self._hang_up()
+            elif not self._stopping:
                 self._stopping = True
                 self._spawn(self._finish())
 
@@ -265,7 +266,7 @@ class Session:
             if self._closing:
                 return
         self.history.append(pcm)
-        self.vad.push(int16_to_float(pcm))
+        self.vad.push(pcm)
         self.metrics.inc("audio_samples_in", pcm.size)
         self.worker.notify(self)
 
@@ -278,14 +279,14 @@ class Session:
 
     # ---- VAD results (called by the inference worker, on the loop) -------------
 
-    def on_vad(self, windows: np.ndarray, probs: np.ndarray) -> None:
+    def on_vad(self, probs: np.ndarray, levels: np.ndarray) -> None:
         if self._closing:
             return
         self._windows_seen += len(probs)
         if self.vad.pending_samples < self.vad.capacity * self.config.vad_high_water / 2:
             self._vad_drained.set()
         detector = self.detector
-        events = detector.push(probs, levels_db(windows))
+        events = detector.push(probs, levels)
         rate = detector.rate
         if self.debug:
             self.emit(VadTrace([round(float(p), 3) for p in probs], round(detector.position / rate, 3)))
@@ -421,6 +422,14 @@ class Session:
             self._play_until += len(frame) / self.output_format.sample_width / out_rate
 
     # ---- end of input ----------------------------------------------------------
+
+    def _hang_up(self) -> None:
+        """The peer is gone (Twilio ``stop``, fastrtc ``stop``): cancel the reply and close, playing nothing more."""
+        self._stopping = True
+        if self._reply_task is not None and not self._reply_task.done():
+            self._reply_task.cancel()
+        self._playing_seq = 0
+        self.emit(Close(1000, "stop"))
 
     async def _finish(self) -> None:
         """``stop``: let the VAD catch up, end a turn in progress, finish the reply, close."""
