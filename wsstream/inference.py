@@ -36,8 +36,9 @@ class WorkerStats:
 
 class InferenceWorker:
     def __init__(self, engine: VadEngine, *, max_windows_per_stream: int = 32,
-                 min_interval_s: float = 0.008) -> None:
+                 min_interval_s: float = 0.008, batched: bool = True) -> None:
         self.engine = engine
+        self.batched = batched  # False: one model call per stream (the baseline benchmarks compare with)
         self.max_windows = max_windows_per_stream
         self.min_interval = min_interval_s
         self.stats = WorkerStats()
@@ -71,6 +72,11 @@ class InferenceWorker:
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _process(self, batch: list[tuple[VadStream, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.batched:
+            return self.engine.process_with_levels(batch)
+        return [self.engine.process_with_levels([item])[0] for item in batch]
+
     async def _run_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         clients = list(self._ready.values())
         self._ready.clear()
@@ -86,7 +92,7 @@ class InferenceWorker:
                 self._ready[id(client)] = client
         if not batch:
             return
-        results = await loop.run_in_executor(self._executor, self.engine.process_with_levels, batch)
+        results = await loop.run_in_executor(self._executor, self._process, batch)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for client, (probs, levels) in zip(owners, results, strict=True):
