@@ -31,7 +31,9 @@ STRICT = os.environ.get("WSSTREAM_STRICT") == "1"
 
 def require_program(name: str) -> str:
     """Path of a system program; skip (or, under WSSTREAM_STRICT=1, fail) when it is missing."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    # Debian puts daemons such as nginx in /usr/sbin, which is not on an ordinary user's PATH.
+    path = shutil.which(name) or next(
+        (f"{d}/{name}" for d in ("/usr/bin", "/usr/sbin", "/usr/local/sbin") if Path(f"{d}/{name}").exists()), None)
     if path is None:
         message = f"{name} is not installed (apt-get install {name}); .ci/run installs it"
         if STRICT:

@@ -1,0 +1,243 @@
+"""Scale-out: ``wsstream serve --workers 2`` on one port, and nginx (deploy/nginx.conf) in front of two instances.
+
+Corpus conversations go through both with the same checks as tests/test_server.py; /metrics,
+which each worker answers for itself, shows which process served what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, ServerProcess, corpus_files, require_program, turn_ends_s
+from test_server import PAUSE, check_half_duplex, half_duplex, realtime
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from wsstream.codecs import AudioFormat
+
+FMT = AudioFormat("pcm16", 16000)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    return {name: float(value) for name, value in
+            (line.split() for line in text.splitlines() if line and not line.startswith("#"))}
+
+
+def metrics_by_worker(port: int, workers: int, tries: int = 200) -> dict[int, dict[str, float]]:
+    """/metrics of every worker behind ``port``: each GET is a new connection, which the kernel
+    gives to one worker by a hash of its addresses, so ask until every worker has answered."""
+    seen: dict[int, dict[str, float]] = {}
+    for _ in range(tries):
+        status, body = http_get(port, "/metrics")
+        assert status == 200
+        metrics = parse_metrics(body)
+        seen[int(metrics["wsstream_worker_pid"])] = metrics
+        if len(seen) == workers:
+            return seen
+    raise AssertionError(f"only workers {sorted(seen)} answered in {tries} requests")
+
+
+@pytest.fixture(scope="module")
+def workers_server() -> Iterator[ServerProcess]:
+    """Two workers, reply pacing lifted, the default total limit (500: 250 per worker)."""
+    server = ServerProcess("--workers", "2", "--lead-ms", "600000")
+    yield server
+    server.close()
+    assert server.proc.returncode == 0, "".join(server.output)
+
+
+async def ping(url: str, held: list[ClientConnection] | None = None) -> str:
+    """Open /ws and ping: "pong" when admitted, the refusal's error when the worker is full.
+    With ``held``, the connection is left open there, else closed at once."""
+    ws = await connect(url, compression=None, open_timeout=20)
+    try:
+        with contextlib.suppress(ConnectionClosed):  # a full worker refuses (and closes) at once
+            await ws.send(json.dumps({"event": "ping"}))
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        return "pong" if msg.get("event") == "pong" else msg["meta"]["error"]
+    finally:
+        if held is None:
+            await ws.close()
+        else:
+            held.append(ws)
+
+
+async def test_two_workers_serve_corpus_conversations(workers_server: ServerProcess, manifest: dict) -> None:
+    url = workers_server.url
+    names = corpus_files()
+    convs = await asyncio.gather(*(half_duplex(url, n, FMT, "binary", manifest) for n in names))
+    for conv, name in zip(convs, names, strict=True):
+        check_half_duplex(conv, name, manifest, FMT)
+    # A few more, short connections, so that both workers surely got some (each lands on a
+    # worker by a hash of its source port: 24 connections all on one worker is 1 in 2**23).
+    assert await asyncio.gather(*(ping(url + "/ws") for _ in range(16))) == ["pong"] * 16
+
+    # Closed sessions are counted down just after their close handshake: wait for active == 0.
+    for _ in range(50):
+        workers = await asyncio.to_thread(metrics_by_worker, workers_server.port, 2)
+        if all(m["wsstream_sessions_active"] == 0 for m in workers.values()):
+            break
+        await asyncio.sleep(0.1)
+    listening = next(line for line in workers_server.output if line.startswith("wsstream: listening on"))
+    assert set(workers) == {int(p) for p in listening.partition("pids ")[2].rstrip(")\n").split(",")}, listening
+    assert sorted(m["wsstream_worker_index"] for m in workers.values()) == [0, 1]
+    assert all(m["wsstream_concurrency_limit"] == 250 for m in workers.values())
+    served = [m.get("wsstream_sessions_total", 0) for m in workers.values()]
+    assert sum(served) == len(names) + 16 and min(served) > 0, served
+    assert all(m["wsstream_sessions_active"] == 0 for m in workers.values())
+    assert sum(m["wsstream_vad_windows"] for m in workers.values()) > 0
+
+    status, body = await asyncio.to_thread(http_get, workers_server.port, "/healthz")
+    assert (status, body) == (200, "ok\n")
+
+
+async def test_total_concurrency_limit_is_split_across_workers() -> None:
+    """--concurrency-limit 4 with 2 workers: 2 each. 16 simultaneous streams: never more than 4
+    admitted, and each worker admits up to its share of those the kernel gave it."""
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2", "--concurrency-limit", "4")
+    try:
+        held: list[ClientConnection] = []
+        answers = await asyncio.gather(*(ping(server.url + "/ws", held) for _ in range(16)))
+        assert set(answers) <= {"pong", "concurrency_limit_reached"}
+        admitted = answers.count("pong")
+        workers = await asyncio.to_thread(metrics_by_worker, server.port, 2)
+        assert sorted(m["wsstream_concurrency_limit"] for m in workers.values()) == [2, 2]
+        for m in workers.values():
+            assert m["wsstream_sessions_active"] <= 2
+            assert m["wsstream_sessions_active"] == m.get("wsstream_sessions_total", 0)
+        offered = [m.get("wsstream_sessions_total", 0) + m.get("wsstream_sessions_rejected", 0)
+                   for m in workers.values()]
+        assert sum(offered) == 16
+        assert admitted == sum(min(2, n) for n in offered) <= 4, (admitted, offered)
+        for ws in held:
+            await ws.close()
+    finally:
+        await asyncio.to_thread(server.close)
+    assert server.proc.returncode == 0, "".join(server.output)
+
+
+def test_workers_need_a_share_of_the_limit_each() -> None:
+    proc = subprocess.run([sys.executable, "-m", "wsstream.cli", "serve", "--workers", "3",
+                           "--concurrency-limit", "2"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "less than --workers" in proc.stderr
+
+
+# ---- nginx in front of two instances ---------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nginx_config(tmp: Path, listen: int, upstreams: list[int]) -> Path:
+    """deploy/nginx.conf with our upstreams and listen address, wrapped in a main config that
+    keeps everything (pid, logs, temp files) in ``tmp`` and runs as the current user."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    servers = "".join(f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;\n" for p in upstreams)
+    site, n = re.subn(r"(?m)^\s*server\s+[\d.]+:\d+[^;\n]*;\n", "", site)
+    assert n >= 2, "deploy/nginx.conf has no upstream server lines to replace"
+    site = site.replace("    least_conn;\n", "    least_conn;\n" + servers, 1)
+    site, n = re.subn(r"(?m)^(\s*)listen\s+80;", rf"\1listen 127.0.0.1:{listen};", site)
+    assert n == 1
+    (tmp / "wsstream.conf").write_text(site)
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                             "uwsgi", "scgi"))
+    main = (f"{user}daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log {tmp}/access.log;\n{temp}    include {tmp}/wsstream.conf;\n}}\n")
+    conf = tmp / "nginx.conf"
+    conf.write_text(main)
+    return conf
+
+
+@pytest.fixture
+def nginx_front(tmp_path: Path) -> Iterator[tuple[int, list[ServerProcess]]]:
+    nginx = require_program("nginx")
+    instances = [ServerProcess("--lead-ms", "600000") for _ in range(2)]
+    proc = None
+    try:
+        port = free_port()
+        conf = nginx_config(tmp_path, port, [s.port for s in instances])
+        check = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+                                "-c", str(conf)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
+        proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if http_get(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
+        yield port, instances
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        for server in instances:
+            server.close()
+
+
+async def test_nginx_in_front_of_two_instances(nginx_front: tuple[int, list[ServerProcess]],
+                                               manifest: dict) -> None:
+    port, instances = nginx_front
+    url = f"ws://127.0.0.1:{port}"
+    status, body = await asyncio.to_thread(http_get, port, "/healthz")
+    assert (status, body) == (200, "ok\n")
+    status, body = await asyncio.to_thread(http_get, port, "/")
+    assert status == 200 and "<html" in body.lower()
+
+    # Half-duplex conversations through nginx, every check of test_server holding.
+    names = corpus_files()[:6]
+    cases = [(n, AudioFormat("mulaw", 8000) if i == 5 else FMT, "json" if i == 4 else "binary")
+             for i, n in enumerate(names)]
+    convs = await asyncio.gather(*(half_duplex(url, n, fmt, media_as, manifest) for n, fmt, media_as in cases))
+    for conv, (name, fmt, _) in zip(convs, cases, strict=True):
+        check_half_duplex(conv, name, manifest, fmt)
+
+    # least_conn spread the simultaneous calls over both instances (each answers /metrics for itself).
+    served = []
+    for server in instances:
+        status, body = await asyncio.to_thread(http_get, server.port, "/metrics")
+        served.append(parse_metrics(body).get("wsstream_sessions_total", 0))
+    assert sum(served) == len(names) and min(served) >= 2, served
+
+    # One file in real time: nginx adds no buffering delay to pause_detected or the reply.
+    name = "dialog_04.flac"
+    conv, t_send = await realtime(url, name, manifest)
+    pauses = conv.logs("pause_detected")
+    ends = turn_ends_s(manifest, name)
+    assert len(pauses) == len(ends)
+    for pause, end in zip(pauses, ends, strict=True):
+        latency = pause["wall"] - (t_send + end)
+        assert PAUSE <= latency <= PAUSE + 0.2 + 0.1, f"pause_detected {latency:.3f} s after turn end via nginx"
+    assert conv.replies[-1].ended_by == "mark"
+    assert abs(len(conv.replies[-1].audio) / 2 - pauses[-1]["speech_s"] * 16000) <= 320
