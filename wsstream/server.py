@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from vad.engine import VadEngine
 from vad.model import SileroModel
 from wsstream import web
-from wsstream.dialects import NativeDialect, ProtocolError
+from wsstream.dialects import NativeDialect, ProtocolError, fastrtc, twilio
 from wsstream.dialects.base import Dialect, dumps
 from wsstream.dialects.native import format_from_query
 from wsstream.events import Close, Error
@@ -64,7 +64,9 @@ class WsServer:
         self.app = app
         self.config = config or ServerConfig()
         self.metrics = Metrics()
-        self.routes: dict[str, Route] = {"/ws": Route(_native_route)}
+        self.routes: dict[str, Route] = {"/ws": Route(_native_route),
+                                         "/telephone/handler": Route(twilio.route),
+                                         "/websocket/offer": Route(fastrtc.route)}
         # Plain GETs by path; a key ending in "*" matches every path with that prefix.
         self.http_routes: dict[str, Callable[[Request], Response | None]] = dict(web.ROUTES)
         self.engine = engine
@@ -172,7 +174,8 @@ class WsServer:
         self.active += 1
         self.metrics.inc("sessions_total")
         session = Session(self.app, self.worker, session_id=f"s{next(self._ids)}", dialect=dialect.name,
-                          config=self.config.session, metrics=self.metrics, **kwargs)
+                          metrics=self.metrics,
+                          **{"config": self.config.session, **kwargs})  # a route may bring its own config
         try:
             async with session:
                 writer = asyncio.create_task(self._writer(ws, dialect, session))
