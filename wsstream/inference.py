@@ -32,6 +32,7 @@ class WorkerStats:
     batches: int = 0
     windows: int = 0
     largest_batch: int = 0
+    failed_batches: int = 0
 
 
 class InferenceWorker:
@@ -92,7 +93,13 @@ class InferenceWorker:
                 self._ready[id(client)] = client
         if not batch:
             return
-        results = await loop.run_in_executor(self._executor, self._process, batch)
+        try:
+            results = await loop.run_in_executor(self._executor, self._process, batch)
+        except Exception:
+            # A failing model call must not stop VAD for every stream: drop this batch, go on.
+            log.exception("VAD inference failed for a batch of %d streams", len(batch))
+            self.stats.failed_batches += 1
+            return
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for client, (probs, levels) in zip(owners, results, strict=True):

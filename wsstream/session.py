@@ -158,6 +158,7 @@ class Session:
     async def aclose(self) -> None:
         """Cancel everything this session owns and give back its VAD slot."""
         self._closing = True
+        self._vad_drained.set()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -177,6 +178,7 @@ class Session:
             event = Close(1008, "client is not reading: outbound queue full")
         if isinstance(event, Close):
             self._closing = True
+            self._vad_drained.set()
         self._outbox.append(event)
         self._outbox_ready.set()
 
@@ -280,11 +282,11 @@ class Session:
     # ---- VAD results (called by the inference worker, on the loop) -------------
 
     def on_vad(self, probs: np.ndarray, levels: np.ndarray) -> None:
+        self._windows_seen += len(probs)
+        if self._closing or self.vad.pending_samples < self.vad.capacity * self.config.vad_high_water / 2:
+            self._vad_drained.set()  # a reader waiting for inference to catch up may go on
         if self._closing:
             return
-        self._windows_seen += len(probs)
-        if self.vad.pending_samples < self.vad.capacity * self.config.vad_high_water / 2:
-            self._vad_drained.set()
         detector = self.detector
         events = detector.push(probs, levels)
         rate = detector.rate
