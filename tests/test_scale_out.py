@@ -144,6 +144,13 @@ def test_workers_need_a_share_of_the_limit_each() -> None:
     assert proc.returncode != 0 and "less than --workers" in proc.stderr
 
 
+def test_workers_refuse_a_port_in_use(workers_server: ServerProcess) -> None:
+    """SO_REUSEPORT would let a second server's workers silently join the first: refused instead."""
+    proc = subprocess.run([sys.executable, "-m", "wsstream.cli", "serve", "--workers", "2",
+                           "--port", str(workers_server.port)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "cannot bind" in proc.stderr, proc.stderr
+
+
 # ---- nginx in front of two instances ---------------------------------------------------------
 
 def free_port() -> int:

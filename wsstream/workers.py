@@ -11,14 +11,14 @@ The concurrency limit is a total, split statically: worker ``i`` of ``N`` admits
 exactly the limit. The total can never be exceeded; the price of no shared counter is that a
 stream may be refused by a full worker while another still has room.
 
-The parent only supervises: it picks the port (a free one for ``--port 0``, held with
-SO_REUSEPORT until the workers listen on it), starts the workers, waits until each has written
-a line to the readiness pipe, prints ``wsstream: listening on ws://HOST:PORT/ws`` once, and then
-forwards SIGINT/SIGTERM to them as SIGTERM (a second signal kills them). If any worker exits
-on its own, the parent stops the others and exits with a failure status: a half-dead server is
-left to the process manager (systemd, Kubernetes) to restart whole. The workers hold the read
-end of a pipe whose write end only the parent has: if the parent dies, even by SIGKILL, they
-see end-of-file there and shut down.
+The parent only supervises. It checks that nothing listens on the port yet and holds it (a
+free one for ``--port 0``) with SO_REUSEPORT until the workers listen on it; starts the
+workers; waits until each has written a line to the readiness pipe; prints ``wsstream:
+listening on ws://HOST:PORT/ws`` once; then forwards SIGINT/SIGTERM to them as SIGTERM (a
+second signal kills them). If any worker exits on its own, the parent stops the others and
+exits with a failure status: a half-dead server is left to the process manager (systemd,
+Kubernetes) to restart whole. The workers hold the read end of a pipe whose write end only
+the parent has: if the parent dies, even by SIGKILL, they see end-of-file there and stop.
 """
 
 from __future__ import annotations
@@ -40,11 +40,20 @@ def share(limit: int, workers: int, index: int) -> int:
     return limit // workers + (1 if index < limit % workers else 0)
 
 
-def _hold_free_port(host: str) -> tuple[socket.socket, int]:
-    """A socket bound (not listening) to a free port with SO_REUSEPORT, so the workers can bind it too
-    and nothing else can take it meanwhile. Bound but not listening, it never receives a connection."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM,
+def _hold_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """A socket bound (not listening) to ``port`` (a free one for 0) with SO_REUSEPORT, so the workers
+    can bind it too and nothing else can take it meanwhile; bound but not listening, it never gets a
+    connection. A port something already listens on is refused, as a single server would refuse it:
+    SO_REUSEPORT alone would let these workers silently join another server's."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                       flags=socket.AI_PASSIVE)[0]
+    if port:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's bind does
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise SystemExit(f"wsstream: cannot bind {host}:{port}: {exc.strerror}") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -58,10 +67,7 @@ def supervise(args: argparse.Namespace, argv: list[str]) -> int:
     if args.concurrency_limit < n:
         raise SystemExit(f"--concurrency-limit {args.concurrency_limit} is less than --workers {n}: "
                          "the limit is a total, split across the workers")
-    holder = None
-    port = args.port
-    if port == 0:
-        holder, port = _hold_free_port(args.host)
+    holder, port = _hold_port(args.host, args.port)
     ready_r, ready_w = os.pipe()
     life_r, life_w = os.pipe()  # the workers read life_r; EOF there means the parent is gone
     procs: list[subprocess.Popen[bytes]] = []
@@ -96,8 +102,7 @@ def supervise(args: argparse.Namespace, argv: list[str]) -> int:
                 break
             lines += chunk
         os.close(ready_r)
-        if holder is not None:
-            holder.close()
+        holder.close()
         ready = lines.count(b"\n")
         if ready < n:
             asked_to_stop = stopping
