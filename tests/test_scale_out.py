@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ServerProcess, corpus_files, require_program, turn_ends_s
+from conftest import ROOT, ServerProcess, corpus_files, load_corpus, require_program, turn_ends_s
 from test_server import PAUSE, check_half_duplex, half_duplex, realtime
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from wsclient import Conversation
 
 from wsstream.codecs import AudioFormat
 
@@ -100,8 +101,7 @@ async def test_two_workers_serve_corpus_conversations(workers_server: ServerProc
         if all(m["wsstream_sessions_active"] == 0 for m in workers.values()):
             break
         await asyncio.sleep(0.1)
-    listening = next(line for line in workers_server.output if line.startswith("wsstream: listening on"))
-    assert set(workers) == {int(p) for p in listening.partition("pids ")[2].rstrip(")\n").split(",")}, listening
+    assert set(workers) == set(worker_pids(workers_server))
     assert sorted(m["wsstream_worker_index"] for m in workers.values()) == [0, 1]
     assert all(m["wsstream_concurrency_limit"] == 250 for m in workers.values())
     served = [m.get("wsstream_sessions_total", 0) for m in workers.values()]
@@ -149,6 +149,50 @@ def test_workers_refuse_a_port_in_use(workers_server: ServerProcess) -> None:
     proc = subprocess.run([sys.executable, "-m", "wsstream.cli", "serve", "--workers", "2",
                            "--port", str(workers_server.port)], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "cannot bind" in proc.stderr, proc.stderr
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    listening = next(line for line in server.output if line.startswith("wsstream: listening on"))
+    return [int(p) for p in listening.partition("pids ")[2].rstrip(")\n").split(",")]
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; reaping it is not our concern
+
+
+async def test_sigterm_closes_calls_and_parent_death_stops_workers(manifest: dict) -> None:
+    """SIGTERM to the parent: every live call is closed with 1001, and all exit 0 at once.
+    SIGKILL to the parent: the workers notice and stop by themselves."""
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2")
+    pids = worker_pids(server)
+    audio = load_corpus("dialog_01.flac")
+    convs = [Conversation(server.url + "/ws", FMT) for _ in range(4)]
+    for conv in convs:
+        await conv.__aenter__()
+    senders = [asyncio.create_task(conv.send_audio(audio, speed=1.0)) for conv in convs]
+    await asyncio.gather(*(conv.wait_for(lambda c: c.logs("started_talking"), 20) for conv in convs))
+    t0 = time.monotonic()
+    server.proc.terminate()
+    assert [await conv.wait_closed(10) for conv in convs] == [1001] * 4
+    assert await asyncio.to_thread(server.proc.wait, 10) == 0
+    assert time.monotonic() - t0 < 5
+    assert not any(running(p) for p in pids)
+    for task in senders:
+        task.cancel()
+    await asyncio.gather(*senders, return_exceptions=True)
+
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2")
+    pids = worker_pids(server)
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(running(p) for p in pids):
+        assert time.monotonic() < deadline, "workers outlived their parent"
+        await asyncio.sleep(0.1)
 
 
 # ---- nginx in front of two instances ---------------------------------------------------------
