@@ -281,6 +281,11 @@ async def test_nginx_in_front_of_two_instances(nginx_front: tuple[int, list[Serv
         served.append(parse_metrics(body).get("wsstream_sessions_total", 0))
     assert sum(served) == len(names) and min(served) >= 2, served
 
+    # The other two WebSocket paths are proxied too.
+    assert await ping(url + "/websocket/offer") == "pong"
+    async with connect(url + "/telephone/handler", compression=None, open_timeout=20) as ws:
+        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+
     # One file in real time: nginx adds no buffering delay to pause_detected or the reply.
     name = "dialog_04.flac"
     conv, t_send = await realtime(url, name, manifest)
