@@ -192,3 +192,45 @@ async def test_http_paths(server) -> None:
     assert await asyncio.to_thread(status, "/ws") == 426
     server.draining = True
     assert await asyncio.to_thread(status, "/healthz") == 503
+
+
+async def test_longest_allowed_message_does_not_stall_the_stream(server) -> None:
+    async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+        await ws.send(np.zeros(16000 * 5, dtype=np.int16).tobytes())  # exactly the 5 s limit
+        await still_alive(ws)
+        await ws.send(np.zeros(16000 * 5, dtype=np.int16).tobytes())
+        await still_alive(ws)
+
+
+async def test_refused_start_does_not_switch_media_to_json(server, manifest) -> None:
+    turn = manifest["files"]["dialog_02.flac"]["turns"][0]
+    audio = load_corpus("dialog_02.flac")[: turn["end"] + 16000]
+    async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+        await ws.send(audio[:1600].tobytes())
+        reply = await exchange(ws, json.dumps({"event": "start", "media_as": "json"}))
+        assert reply["type"] == "error"
+        for i in range(1600, audio.size, 1600):
+            await ws.send(audio[i:i + 1600].tobytes())
+        while True:
+            msg = await asyncio.wait_for(ws.recv(), 10)
+            if isinstance(msg, bytes):
+                break  # reply audio still comes as binary frames
+            assert json.loads(msg).get("event") != "media"
+
+
+async def test_unencodable_output_is_an_error_not_a_dead_stream(make_server, manifest) -> None:
+    from wsstream.reply import AdditionalOutputs
+
+    async def odd(audio):
+        yield AdditionalOutputs({1: "non-string key"}, float("nan"))
+        yield AdditionalOutputs("fine")
+
+    server = await make_server(ReplyOnPause(fn=odd))
+    turn = manifest["files"]["dialog_02.flac"]["turns"][0]
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws") as conv:
+        await conv.send_audio(load_corpus("dialog_02.flac")[: turn["end"] + 16000])
+        await conv.wait_for(lambda c: c.of("event", "mark"))
+        assert any("could not encode" in e["data"] for e in conv.of("type", "error"))
+        assert conv.of("type", "fetch_output")[0]["data"] == ["fine"]
+        await conv.send_json({"event": "ping"})
+        await conv.wait_for(lambda c: c.of("event", "pong"))

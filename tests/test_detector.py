@@ -151,3 +151,10 @@ def test_levels_db() -> None:
 def test_invalid_options_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         DetectorOptions(**bad)
+
+
+def test_force_end_during_onset_keeps_the_speech() -> None:
+    det, events = run([0.0] * 3 + [0.9] * 4)  # 128 ms: shorter than min_speech, no started_talking yet
+    assert events == []
+    forced = det.force_end()
+    assert forced is not None and forced.onset == 3 * W and forced.end == 7 * W

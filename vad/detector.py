@@ -215,8 +215,7 @@ class PauseDetector:
         return event
 
     def force_end(self) -> PauseDetected | None:
-        """End the turn now (``trigger``, ``stop``) if the speaker has started talking."""
-        if self.state is not State.TALKING:
-            self.reset()
+        """End the turn now (``trigger``, ``stop``) if any speech has begun, even shorter than min_speech."""
+        if self.state is State.IDLE:
             return None
         return self._finish(self.position, "forced")

@@ -127,6 +127,8 @@ class VadStream:
         """Give the slot back (deferred to the engine's next ``process``)."""
         if not self.closed:
             self.closed = True
+            self._buf = np.zeros(0, dtype=np.float32)  # the memory goes now; the slot at the next batch
+            self._fill = 0
             self.engine._closing.append(self)
 
 

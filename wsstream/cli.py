@@ -31,6 +31,8 @@ def load_handler(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"--handler must look like module:function, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `wsstream serve --handler myapp:app` finds myapp.py here, as python -m would
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

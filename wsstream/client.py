@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from wsstream.codecs import AudioFormat, decode, encode, float_to_int16
 
@@ -56,6 +58,10 @@ async def stream_file(url: str, path: str | Path, *, fmt: AudioFormat | None = N
                                   "format": {"encoding": fmt.encoding, "sample_rate": fmt.sample_rate}}))
 
         async def receive() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await _receive()
+
+        async def _receive() -> None:
             async for message in ws:
                 wall = round(time.monotonic() - t0, 3)
                 if isinstance(message, bytes):
@@ -71,18 +77,26 @@ async def stream_file(url: str, path: str | Path, *, fmt: AudioFormat | None = N
                     on_event(msg)
 
         receiver = asyncio.create_task(receive())
-        for i, start in enumerate(range(0, len(payload), step)):
-            chunk = payload[start:start + step]
-            if media_as == "json":
-                await ws.send(json.dumps({"event": "media", "media": {"payload": base64.b64encode(chunk).decode()}}))
-            else:
-                await ws.send(chunk)
-            if speed > 0:
-                due = t0 + (i + 1) * chunk_ms / 1000 / speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-        await ws.send(json.dumps({"event": "stop"}))
+        try:
+            await _send_all(ws, payload, step, media_as, speed, chunk_ms, t0)
+            await ws.send(json.dumps({"event": "stop"}))
+        except ConnectionClosed:
+            pass  # the server ended it (full, policy, ...): the close code says why
         await receiver
         result.close_code = ws.close_code
     return result
+
+
+async def _send_all(ws: Any, payload: bytes, step: int, media_as: str, speed: float, chunk_ms: float,
+                    t0: float) -> None:
+    for i, start in enumerate(range(0, len(payload), step)):
+        chunk = payload[start:start + step]
+        if media_as == "json":
+            await ws.send(json.dumps({"event": "media", "media": {"payload": base64.b64encode(chunk).decode()}}))
+        else:
+            await ws.send(chunk)
+        if speed > 0:
+            due = t0 + (i + 1) * chunk_ms / 1000 / speed
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)

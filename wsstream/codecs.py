@@ -123,8 +123,11 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     """Any reply audio (int16, float in -1..1, other ints) to mono int16."""
     samples = np.asarray(samples)
     if samples.ndim == 2:
-        # fastrtc hands out (1, n) arrays; (n, 1) is as common. Mix channels down.
-        samples = samples.mean(axis=0 if samples.shape[0] < samples.shape[1] else 1)
+        if 1 in samples.shape:  # fastrtc hands out (1, n) arrays; (n, 1) is as common
+            samples = samples.reshape(-1)
+        else:  # several channels: mix down, keeping the sample type (and so its scale)
+            mixed = samples.mean(axis=0 if samples.shape[0] < samples.shape[1] else 1)
+            samples = mixed.round().astype(samples.dtype) if np.issubdtype(samples.dtype, np.integer) else mixed
     if samples.ndim != 1:
         raise FormatError(f"reply audio must be a 1-D (or single-channel 2-D) array, got shape {samples.shape}")
     if samples.dtype == np.int16:

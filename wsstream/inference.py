@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vad.engine import VadEngine, VadStream
+from vad.engine import LEVEL_PARTS, VadEngine, VadStream
 
 log = logging.getLogger("wsstream.inference")
 
@@ -81,11 +81,14 @@ class InferenceWorker:
     async def _run_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         clients = list(self._ready.values())
         self._ready.clear()
+        # Each window of a stream is one sequential model step, so a stream sending faster than real
+        # time must not make everyone's batch long: the more streams are waiting, the fewer steps each.
+        limit = max(2, min(self.max_windows, 128 // len(clients)))
         batch, owners = [], []
         for client in clients:
             if client.vad.closed:
                 continue
-            windows = client.vad.take_windows(self.max_windows)
+            windows = client.vad.take_windows(limit)
             if len(windows):
                 batch.append((client.vad, windows))
                 owners.append(client)
@@ -96,10 +99,12 @@ class InferenceWorker:
         try:
             results = await loop.run_in_executor(self._executor, self._process, batch)
         except Exception:
-            # A failing model call must not stop VAD for every stream: drop this batch, go on.
+            # A failing model call must not stop VAD for every stream. Its windows count as silence, so
+            # each stream's positions stay aligned with its audio and nothing waits for them forever.
             log.exception("VAD inference failed for a batch of %d streams", len(batch))
             self.stats.failed_batches += 1
-            return
+            results = [(np.zeros(len(w), dtype=np.float32), np.full((len(w), LEVEL_PARTS), -120.0, np.float32))
+                       for _, w in batch]
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for client, (probs, levels) in zip(owners, results, strict=True):

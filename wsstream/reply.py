@@ -99,7 +99,13 @@ async def reply_items(fn: ReplyFn, *args: Any, **kwargs: Any) -> AsyncIterator[A
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
         result = fn(*args, **kwargs)
     else:
-        result = await asyncio.to_thread(fn, *args, **kwargs)
+        # A plain function may block for long (a model call): its own thread, not the shared default pool.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply")
+        try:
+            ctx = contextvars.copy_context()
+            result = await asyncio.wrap_future(executor.submit(ctx.run, fn, *args, **kwargs))
+        finally:
+            executor.shutdown(wait=False)
     if inspect.isawaitable(result):
         result = await result
     if hasattr(result, "__aiter__"):
@@ -133,7 +139,7 @@ async def _iterate_sync(gen: Iterator[Any]) -> AsyncIterator[Any]:
             # Queued behind any step still running, so the generator is never closed mid-step.
             done = executor.submit(ctx.run, close)
             try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout=5.0)
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout=1.0)
             except (TimeoutError, asyncio.CancelledError):
                 pass
         executor.shutdown(wait=False)

@@ -212,11 +212,20 @@ class WsServer:
                 if isinstance(event, Close):
                     await ws.close(event.code, event.reason[:120])
                     return
-                message = dialect.serialize(event)
+                try:
+                    message = dialect.serialize(event)
+                except (TypeError, ValueError) as exc:
+                    # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
+                    log.warning("cannot send %s: %s", type(event).__name__, exc)
+                    message = dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
+                                                      f"message: {exc}"))
                 if message is not None:
                     await ws.send(message)
         except ConnectionClosed:
             pass
+        except Exception:
+            log.exception("writer failed; closing the connection")
+            await ws.close(1011, "internal error")
 
 
 def _text(status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:

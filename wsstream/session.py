@@ -112,7 +112,7 @@ class Session:
         self._first_frame_sent = False
         self._reply_idle = asyncio.Event()
         self._reply_idle.set()
-        self._close_after_reply = False
+        self._close_after_seq = 0  # the reply that asked to end the stream once it has played
         self._playout_q: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(self.config.playout_queue_frames)
         self._play_until = 0.0
         self._vad_drained = asyncio.Event()
@@ -260,7 +260,9 @@ class Session:
             self._audio_seen = True
             self._maybe_startup()
         incoming = pcm.size * self.vad.rate // self.input_format.sample_rate + self.vad.window
-        while self.vad.pending_samples + incoming > self.vad.capacity * self.config.vad_high_water:
+        # (only while the worker has whole windows to take: with less pending, waiting would never end)
+        while self.vad.pending_samples >= self.vad.window \
+                and self.vad.pending_samples + incoming > self.vad.capacity * self.config.vad_high_water:
             # Inference is behind: stop reading this client until it catches up (TCP backpressure).
             self._vad_drained.clear()
             self.metrics.inc("input_waits")
@@ -357,7 +359,7 @@ class Session:
                 if isinstance(item, AdditionalOutputs):
                     self.emit(FetchOutput(list(item.args)))
                 elif isinstance(item, CloseStream):
-                    self._close_after_reply = True
+                    self._close_after_seq = seq
                     break
                 elif isinstance(item, tuple) and len(item) == 2:
                     rate, samples = item
@@ -387,6 +389,9 @@ class Session:
         self._play_until = self.clock()
         self._reply_idle.set()
         self.emit(Clear())
+        if self._close_after_seq and self._close_after_seq == self._reply_seq:
+            # the reply had said its last words and asked to end the stream: the interruption ends it now
+            self.emit(Close(1000, "reply function closed the stream"))
 
     async def _playout(self) -> None:
         """Send reply frames paced to real time plus the lead, from a monotonic clock."""
@@ -405,7 +410,7 @@ class Session:
                 self._reply_idle.set()
                 if not self.options.can_interrupt:
                     self.detector.reset()
-                if self._close_after_reply:
+                if self._close_after_seq == seq:
                     self.emit(Close(1000, "reply function closed the stream"))
                 continue
             now = self.clock()

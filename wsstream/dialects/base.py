@@ -41,7 +41,7 @@ def load_json_object(message: str | bytes) -> dict[str, Any]:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=_jsonable)
+    return json.dumps(value, separators=(",", ":"), default=_jsonable, allow_nan=False)
 
 
 def _jsonable(value: Any) -> Any:

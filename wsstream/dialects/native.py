@@ -82,13 +82,16 @@ class NativeDialect:
 
     def __init__(self, media_as: str = "binary") -> None:
         self.media_as = media_as
+        self._audio_seen = False  # a start after audio is refused by the session: it must not change media_as
 
     def parse(self, message: str | bytes) -> list[InEvent]:
         if isinstance(message, bytes):
+            self._audio_seen = True
             return [AudioIn(message)]
         msg = load_json_object(message)
         event = msg.get("event")
         if event == "media":
+            self._audio_seen = True
             return [AudioIn(decode_payload(msg.get("media")))]
         if event == "start":
             return [self._start(msg)]
@@ -118,7 +121,8 @@ class NativeDialect:
         media_as = msg.get("media_as", "binary")
         if media_as not in ("binary", "json"):
             raise ProtocolError(f'media_as must be "binary" or "json", got {media_as!r}', fatal=True)
-        self.media_as = media_as
+        if not self._audio_seen:
+            self.media_as = media_as
         client_id = msg.get("id")
         return Start(format=fmt, output_format=out, inputs=msg.get("inputs"), debug=bool(msg.get("debug")),
                      client_id=str(client_id) if client_id is not None else None)
