@@ -62,3 +62,24 @@ def test_resampled_48k_stream_matches_labels(model: SileroModel, manifest: dict)
     assert len(pauses) == len(ends)
     for pause, end in zip(pauses, ends, strict=True):
         assert PAUSE_MS <= (pause - end) * 1000 <= PAUSE_MS + 200
+
+
+def test_narrowband_vad_on_wideband_audio(model: SileroModel, manifest: dict) -> None:
+    """--vad-rate 8000: a 16 kHz stream judged by the 8 kHz model still meets the same bounds."""
+    engine = VadEngine(model)
+    name = "dialog_06.flac"
+    stream = engine.open_stream(16000, narrowband=True)
+    assert (stream.rate, stream.window) == (8000, 256)
+    det = PauseDetector(DetectorOptions(pause_ms=PAUSE_MS), stream.rate, stream.window)
+    audio = load_corpus(name)
+    events = []
+    for i in range(0, audio.size, 320):
+        stream.push(audio[i:i + 320])
+        w = stream.take_windows()
+        if len(w):
+            events += det.push(engine.process([(stream, w)])[0], levels_db(w))
+    pauses = [e.at / 8000 for e in events if isinstance(e, PauseDetected)]
+    ends = turn_ends_s(manifest, name)
+    assert len(pauses) == len(ends)
+    for pause, end in zip(pauses, ends, strict=True):
+        assert PAUSE_MS <= (pause - end) * 1000 <= PAUSE_MS + 200

@@ -27,9 +27,10 @@ CONTEXT = {16000: 64, 8000: 32}
 LEVEL_PARTS = 4  # sub-windows per window for signal levels (8 ms at 16 kHz)
 
 
-def vad_rate_for(sample_rate: int) -> int:
-    """The rate the model runs at for a stream: 8 kHz stays native, all else goes to 16 kHz."""
-    return 8000 if sample_rate == 8000 else 16000
+def vad_rate_for(sample_rate: int, narrowband: bool = False) -> int:
+    """The rate the model runs at for a stream: 8 kHz stays native, all else goes to 16 kHz
+    (or to 8 kHz with ``narrowband``, whose model steps cost about a third less)."""
+    return 8000 if sample_rate == 8000 or narrowband else 16000
 
 
 class _Bank:
@@ -66,10 +67,10 @@ class VadStream:
     chunk boundaries leave no trace in the audio.
     """
 
-    def __init__(self, engine: VadEngine, sample_rate: int, max_pending_s: float) -> None:
+    def __init__(self, engine: VadEngine, sample_rate: int, max_pending_s: float, narrowband: bool = False) -> None:
         self.engine = engine
         self.input_rate = sample_rate
-        self.rate = vad_rate_for(sample_rate)
+        self.rate = vad_rate_for(sample_rate, narrowband)
         self.window = WINDOW[self.rate]
         self.slot = -1
         self.closed = False
@@ -149,8 +150,9 @@ class VadEngine:
         self._closing: list[VadStream] = []
         self.stats = EngineStats()
 
-    def open_stream(self, sample_rate: int) -> VadStream:
-        return VadStream(self, sample_rate, self.max_pending_s)
+    def open_stream(self, sample_rate: int, narrowband: bool = False) -> VadStream:
+        """A stream at ``sample_rate``; ``narrowband`` runs the model at 8 kHz whatever the input rate."""
+        return VadStream(self, sample_rate, self.max_pending_s, narrowband)
 
     def _housekeeping(self) -> None:
         while self._closing:

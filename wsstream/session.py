@@ -76,6 +76,7 @@ class SessionConfig:
     outbox_limit: int = 1024  # outbound events waiting for a client that does not read
     playout_queue_frames: int = 100  # reply frames produced ahead of playout (backpressure on the reply)
     vad_high_water: float = 0.5  # fraction of the VAD buffer at which input waits for inference
+    narrowband_vad: bool = False  # run Silero at 8 kHz for every stream (cheaper; telephony always is)
 
 
 _END = b""  # end-of-reply marker in the playout queue
@@ -128,7 +129,7 @@ class Session:
             old.close()
         self.input_format = fmt
         self.output_format = out or fmt
-        self.vad = self.worker.engine.open_stream(fmt.sample_rate)
+        self.vad = self.worker.engine.open_stream(fmt.sample_rate, self.config.narrowband_vad)
         self.detector = PauseDetector(self.options, self.vad.rate, self.vad.window)
         self.history = AudioHistory(int((self.config.max_utterance_s + 2.0) * fmt.sample_rate))
         self._frame_s = self.config.frame_ms / 1000.0
