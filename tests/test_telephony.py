@@ -87,6 +87,8 @@ async def run_call(url: str, name: str, n_turns: int, mode: str, encoding: str, 
                       encoding=encoding, custom={"file": name})
     call = Call(name, n_turns, mode, encoding, peer, all_turns)
     cut_end = all_turns[n_turns][0] - 0.35 if n_turns < len(all_turns) else len(wire) / RATE
+    # between turns the line carries the call's own room tone (the file's first 0.3 s), as a real line does
+    peer.filler = wire[:int(0.3 * RATE) // FRAME * FRAME]
     async with peer:
         if mode == "half":
             pos = 0
@@ -227,7 +229,7 @@ def test_each_turn_answered_with_its_echo_then_a_mark(calls: dict[str, Any]) -> 
             assert abs(at - (start - PREFIX)) <= ONSET_TOL, (call.name, at, start)
             # ... through the end of the turn and the pause that ended it
             dur = len(reply.audio) / RATE
-            assert end - start + PREFIX + 0.5 <= dur <= end - start + PREFIX + 1.0, (call.name, dur, end - start)
+            assert end - start + PREFIX + 0.4 <= dur <= end - start + PREFIX + 1.0, (call.name, dur, end - start)
 
 
 def test_marks_follow_replies_and_are_distinct(calls: dict[str, Any]) -> None:
@@ -247,10 +249,13 @@ def test_marks_follow_replies_and_are_distinct(calls: dict[str, Any]) -> None:
 
 def test_reply_latency_after_the_turn(calls: dict[str, Any]) -> None:
     """First reply frame after the turn's last sample: the 600 ms pause plus a little."""
+    latencies = []
     for call in half_calls(calls):
         for reply, (_, end_wall) in zip(call.peer.replies, call.turn_wall, strict=True):
             latency = reply.first - end_wall
-            assert 0.55 <= latency <= 1.1, (call.name, round(latency, 3))
+            assert 0.5 <= latency <= 0.9, (call.name, round(latency, 3))
+            latencies.append(latency)
+    assert np.median(latencies) <= 0.78, latencies
 
 
 def test_alaw_bridge_end_to_end(calls: dict[str, Any]) -> None:

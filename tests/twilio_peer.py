@@ -50,6 +50,8 @@ class TwilioPeer:
         self.sample_rate = sample_rate
         self.custom = custom or {}
         self.silence = b"\xd5" if encoding == "audio/x-alaw" else b"\xff"
+        self.filler: bytes | None = None  # what the line carries between turns (default: digital silence)
+        self._fill = 0
         self.ws: ClientConnection | None = None
         self.seq = 0
         self.chunk = 0
@@ -122,11 +124,13 @@ class TwilioPeer:
     async def send_silence_until(self, predicate: Any, within: float = 30.0) -> None:
         """Keep the line open with silence, as a phone line does, until predicate(self) holds."""
         deadline = time.monotonic() + within
-        frame = self.silence * int(self.sample_rate * FRAME_S)
+        step = int(self.sample_rate * FRAME_S)
+        filler = self.filler or self.silence * step
         while not predicate(self):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; last messages: {[m for _, m in self.messages[-5:]]}")
-            await self.send_audio(frame)
+            await self.send_audio(filler[self._fill:self._fill + step])
+            self._fill = (self._fill + step) % len(filler)
 
     async def dtmf(self, digit: str) -> None:
         await self.send({"event": "dtmf", "streamSid": self.stream_sid,
