@@ -158,3 +158,15 @@ def test_force_end_during_onset_keeps_the_speech() -> None:
     assert events == []
     forced = det.force_end()
     assert forced is not None and forced.onset == 3 * W and forced.end == 7 * W
+
+
+def test_digital_silence_does_not_sink_the_noise_floor() -> None:
+    # Long digital silence (a muted line), then speech, then ordinary room tone at -62 dBFS:
+    # the room tone must not count as the tail of the last word.
+    n_sil, n_speech, n_room = 100, 20, 40
+    probs = [0.0] * n_sil + [0.9] * n_speech + [0.05] * n_room
+    levels = np.concatenate([np.full((n_sil, 4), -200.0), np.full((n_speech, 4), -20.0),
+                             np.full((n_room, 4), -62.0)])
+    _, events = run(probs, levels)
+    (paused,) = [e for e in events if isinstance(e, PauseDetected)]
+    assert paused.speech_end == (n_sil + n_speech) * W

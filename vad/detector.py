@@ -92,6 +92,9 @@ class PauseDetected:
     reason: str = "pause"  # "pause", "max_speech", or "forced"
 
 
+NOISE_FLOOR_MIN_DB = -72.0
+
+
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
     """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts]."""
     n, size = windows.shape
@@ -190,8 +193,10 @@ class PauseDetector:
                         and end - self.onset >= self._max_speech:
                     events.append(self._finish(end, "max_speech"))
             if levels is not None and p < neg:
-                # Follow the noise floor on windows the model calls silence: instant fall, 1 dB/window rise.
-                self.noise_floor_db = min(self.noise_floor_db + 1.0, float(levels[k].min()))
+                # Follow the noise floor on windows the model calls silence: instant fall, 1 dB/window rise,
+                # never below NOISE_FLOOR_MIN_DB, so digital silence (a muted leg) does not leave a floor so
+                # low that ordinary room tone afterwards would pass for the tail of a word.
+                self.noise_floor_db = max(min(self.noise_floor_db + 1.0, float(levels[k].min())), NOISE_FLOOR_MIN_DB)
         return events
 
     def _extend_tail(self, start: int, levels: np.ndarray) -> None:

@@ -369,14 +369,15 @@ class Session:
                 elif item is not None:
                     self.emit(Warning(f"reply function yielded an unsupported {type(item).__name__}; "
                                       "expected (sample_rate, ndarray), AdditionalOutputs or CloseStream"))
-            for frame in encoder.flush(pad=self.config.pad_last_frame):
-                await self._playout_q.put((seq, frame))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("reply function failed in session %s", self.context.session_id)
             self.metrics.inc("reply_errors")
             self.emit(Error(f"reply function failed: {type(exc).__name__}: {exc}"))
+        # what the reply produced before it ended (or failed) is still played, to its last sample
+        for frame in encoder.flush(pad=self.config.pad_last_frame):
+            await self._playout_q.put((seq, frame))
         await self._playout_q.put((seq, _END))
 
     def _interrupt(self) -> None:
