@@ -115,7 +115,7 @@ async def run_call(url: str, name: str, n_turns: int, mode: str, encoding: str, 
 
 @pytest.fixture(scope="module")
 def calls(manifest: dict[str, Any]) -> dict[str, Any]:
-    server = ServerProcess()
+    server = ServerProcess("--log-level", "DEBUG")  # turn events are logged at DEBUG
     try:
         async def all_calls() -> list[Call]:
             jobs = [run_call(server.url, name, k, "half", "audio/x-mulaw", manifest, i)

@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return workers.supervise(args, argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # websockets logs every frame at DEBUG: --log-level DEBUG is for our events, not that
+        logging.getLogger("websockets").setLevel(max(logging.getLogger().level, logging.INFO))
         _run(_serve(args), args.loop)
         return 0
     return asyncio.run(_client(args))

@@ -166,7 +166,8 @@ class TwilioDialect:
             return dumps({"event": "clear", "streamSid": self.stream_sid})
         # Not for Twilio's ears: to the server log (session events are already counted in metrics).
         if isinstance(event, Log):
-            log.info("twilio stream %s: %s %s", self.stream_sid, event.name, dumps(event.fields))
+            # every turn of every call: DEBUG, so a busy server's INFO log stays readable
+            log.debug("twilio stream %s: %s %s", self.stream_sid, event.name, dumps(event.fields))
         elif isinstance(event, Error):
             log.warning("twilio stream %s: error: %s", self.stream_sid, event.message)
         elif isinstance(event, Warning):
