@@ -17,7 +17,7 @@ detector alone gives on the same audio (computed offline in this run),
 first-reply-audio latency, server RSS and RSS per connection. Names the largest
 N that held: no lost audio, server CPU below one core, p99 excess <= 20 ms.
 Writes benchmarks/results/load.json and, with matplotlib installed
-(``uv run --with matplotlib ...``), load.png.
+(``uv run --group bench ...``), load.png.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plot (uv run --with matplotlib python benchmarks/load.py)")
+        print("matplotlib not installed: no plot (uv run --group bench python benchmarks/load.py)")
         return
     fig, ax1 = plt.subplots(figsize=(8, 4.5))
     ns = [r["n"] for r in rows]
@@ -325,6 +325,7 @@ def main() -> None:
         ax1.plot(ns, [r[key] for r in rows], marker="o", label=label)
     ax1.set_xlabel("concurrent real-time streams (server on one core)")
     ax1.set_ylabel("pause_detected after turn end (ms)")
+    ax1.set_yscale("log")
     ax2 = ax1.twinx()
     ax2.plot(ns, [r["server_cpu_cores"] for r in rows], color="k", linestyle="--", marker="s", label="server CPU")
     ax2.set_ylabel("server CPU (cores)")

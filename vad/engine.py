@@ -143,7 +143,7 @@ class VadEngine:
     """Batched Silero inference across streams; results equal running each stream alone."""
 
     def __init__(self, model: SileroModel | None = None, *, capacity: int = 64,
-                 max_pending_s: float = 10.0) -> None:
+                 max_pending_s: float = 4.0) -> None:
         self.model = model or SileroModel()
         self.max_pending_s = max_pending_s
         self._banks = {rate: _Bank(rate, capacity) for rate in WINDOW}

@@ -43,6 +43,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20
     session: SessionConfig = field(default_factory=SessionConfig)
     reuse_port: bool = False
+    vad_batch_interval_ms: float = 8.0  # model calls at least this far apart, so more streams share each
 
 
 @dataclass
@@ -91,7 +92,7 @@ class WsServer:
         if self.engine is None:
             model = await asyncio.to_thread(SileroModel)
             self.engine = VadEngine(model)
-        self.worker = InferenceWorker(self.engine)
+        self.worker = InferenceWorker(self.engine, min_interval_s=self.config.vad_batch_interval_ms / 1000)
         self._worker_task = asyncio.create_task(self.worker.run(), name="vad-worker")
         self._server = await serve(
             self._connection, self.config.host, self.config.port,

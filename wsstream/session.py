@@ -72,7 +72,7 @@ class SessionConfig:
     frame_ms: float = 20.0
     pad_last_frame: bool = False  # telephony wants every frame full-length
     max_utterance_s: float = 120.0  # a turn longer than this ends anyway (bounds memory)
-    max_message_s: float = 5.0  # one audio message may carry at most this much audio
+    max_message_s: float = 2.0  # one audio message may carry at most this much audio (fits the VAD buffer)
     outbox_limit: int = 1024  # outbound events waiting for a client that does not read
     playout_queue_frames: int = 100  # reply frames produced ahead of playout (backpressure on the reply)
     vad_high_water: float = 0.5  # fraction of the VAD buffer at which input waits for inference
