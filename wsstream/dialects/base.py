@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from wsstream.events import InEvent, OutEvent
+from wsstream.events import Error, FetchOutput, InEvent, Log, OutEvent, Pong, SendInput, Warning
 
 
 class ProtocolError(ValueError):
@@ -27,6 +27,23 @@ class Dialect(Protocol):
     def serialize(self, event: OutEvent) -> str | bytes | None:
         """One session event to a wire message, or None when this dialect does not send it."""
         ...
+
+
+def fastrtc_message(event: OutEvent) -> str | None:
+    """The JSON messages ``/ws`` and ``/websocket/offer`` both spell as fastrtc does, or None."""
+    if isinstance(event, Log):
+        return dumps({"type": "log", "data": event.name, **event.fields})
+    if isinstance(event, FetchOutput):
+        return dumps({"type": "fetch_output", "data": event.data})
+    if isinstance(event, SendInput):
+        return dumps({"type": "send_input", "data": event.data if event.data is not None else []})
+    if isinstance(event, Error):
+        return dumps({"type": "error", "data": event.message})
+    if isinstance(event, Warning):
+        return dumps({"type": "warning", "data": event.message})
+    if isinstance(event, Pong):
+        return dumps({"event": "pong"})
+    return None
 
 
 def load_json_object(message: str | bytes) -> dict[str, Any]:

@@ -16,22 +16,16 @@ import base64
 from typing import TYPE_CHECKING, Any
 
 from wsstream.codecs import AudioFormat, FormatError
-from wsstream.dialects.base import ProtocolError, dumps, load_json_object
+from wsstream.dialects.base import ProtocolError, dumps, fastrtc_message, load_json_object
 from wsstream.dialects.native import decode_payload
 from wsstream.events import (
     AudioIn,
     AudioOut,
-    Error,
-    FetchOutput,
     InEvent,
-    Log,
     OutEvent,
     Ping,
-    Pong,
-    SendInput,
     Start,
     Stop,
-    Warning,
 )
 
 if TYPE_CHECKING:
@@ -69,19 +63,7 @@ class FastrtcDialect:
     def serialize(self, event: OutEvent) -> str | bytes | None:
         if isinstance(event, AudioOut):
             return dumps({"event": "media", "media": {"payload": base64.b64encode(event.data).decode()}})
-        if isinstance(event, Log):
-            return dumps({"type": "log", "data": event.name, **event.fields})
-        if isinstance(event, FetchOutput):
-            return dumps({"type": "fetch_output", "data": event.data})
-        if isinstance(event, SendInput):
-            return dumps({"type": "send_input", "data": event.data if event.data is not None else []})
-        if isinstance(event, Error):
-            return dumps({"type": "error", "data": event.message})
-        if isinstance(event, Warning):
-            return dumps({"type": "warning", "data": event.message})
-        if isinstance(event, Pong):
-            return dumps({"event": "pong"})
-        return None  # mark, clear, vad traces: not part of fastrtc's WebSocket protocol
+        return fastrtc_message(event)  # None for mark, clear, vad traces: not in fastrtc's protocol
 
 
 def route(server: WsServer, query: str) -> tuple[FastrtcDialect, dict[str, Any]]:

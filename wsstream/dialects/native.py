@@ -8,27 +8,21 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from wsstream.codecs import AudioFormat, FormatError
-from wsstream.dialects.base import ProtocolError, dumps, load_json_object
+from wsstream.dialects.base import ProtocolError, dumps, fastrtc_message, load_json_object
 from wsstream.events import (
     AudioIn,
     AudioOut,
     Clear,
-    Error,
-    FetchOutput,
     InEvent,
-    Log,
     Mark,
     MarkPlayed,
     OutEvent,
     Ping,
-    Pong,
-    SendInput,
     SetInputs,
     Start,
     Stop,
     Trigger,
     VadTrace,
-    Warning,
 )
 
 
@@ -132,22 +126,10 @@ class NativeDialect:
             if self.media_as == "binary":
                 return event.data
             return dumps({"event": "media", "media": {"payload": base64.b64encode(event.data).decode()}})
-        if isinstance(event, Log):
-            return dumps({"type": "log", "data": event.name, **event.fields})
         if isinstance(event, VadTrace):
             return dumps({"type": "vad", "p": event.probs, "t": event.t})
         if isinstance(event, Mark):
             return dumps({"event": "mark", "mark": {"name": event.name}})
         if isinstance(event, Clear):
             return dumps({"event": "clear"})
-        if isinstance(event, FetchOutput):
-            return dumps({"type": "fetch_output", "data": event.data})
-        if isinstance(event, SendInput):
-            return dumps({"type": "send_input", "data": event.data})
-        if isinstance(event, Error):
-            return dumps({"type": "error", "data": event.message})
-        if isinstance(event, Warning):
-            return dumps({"type": "warning", "data": event.message})
-        if isinstance(event, Pong):
-            return dumps({"event": "pong"})
-        return None
+        return fastrtc_message(event)
