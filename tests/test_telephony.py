@@ -51,7 +51,7 @@ FRAME = 160
 LEAD = 0.16
 JITTER = 0.05  # scheduling jitter allowed on top of the lead and one frame (client and server loops)
 PREFIX = 0.3  # prefix_padding_ms: the echo starts this much before the turn
-ONSET_TOL = 0.25  # the detected onset vs the labelled turn start
+ONSET_TOL = 0.25  # the detected onset vs the labelled turn start (half duplex: only early, see echo_starts_ok)
 HALF_DUPLEX = {"dialog_00.flac": 2, "dialog_01.flac": 2, "dialog_02.flac": 1, "dialog_03.flac": 1,
                "dialog_04.flac": 2, "dialog_07.flac": 2}
 ALAW = ("dialog_05.flac", 2)
@@ -157,6 +157,20 @@ def echo_offset_s(call: Call, reply_audio: bytes) -> float:
     raise AssertionError(f"{call.name}: reply starts in the line silence between turns")
 
 
+def echo_starts_ok(at: float, start: float) -> bool:
+    """A half-duplex echo starts at the detected onset minus the prefix: about ``start - PREFIX``, never
+    after the labelled turn start, so the caller's first word is always in it.
+
+    The onset may be detected up to about min_speech (250 ms) late: speech whose first windows are broken
+    by one below neg_threshold is dropped and counted again from after it (test_detector's
+    test_onset_dropped_below_neg_threshold). Whether that happens depends on where the 32 ms VAD windows
+    fall in the turn, which in a half-duplex call depends on how many filler frames were sent before it,
+    i.e. on timing: dialog_04's second turn starts 0.26 s late for one window alignment in eight, 0.01 s
+    for most. The prefix padding covers such a late onset; that, not a symmetric tolerance, is the bound.
+    """
+    return start - PREFIX - ONSET_TOL <= at <= start
+
+
 # ---- every message, every call ------------------------------------------------
 
 
@@ -226,10 +240,12 @@ def test_each_turn_answered_with_its_echo_then_a_mark(calls: dict[str, Any]) -> 
             assert reply.ended_by == "mark" and reply.mark, (call.name, reply.ended_by)
             # the echo is the caller's own utterance, from the prefix padding before the turn ...
             at = echo_offset_s(call, reply.audio)
-            assert abs(at - (start - PREFIX)) <= ONSET_TOL, (call.name, at, start)
-            # ... through the end of the turn and the pause that ended it
+            assert echo_starts_ok(at, start), (call.name, at, start)
+            # ... through the end of the turn and the pause that ended it (judged at the echo's end, in the
+            # file's time, so that a late onset does not count against the end)
             dur = len(reply.audio) / RATE
-            assert end - start + PREFIX + 0.4 <= dur <= end - start + PREFIX + 1.0, (call.name, dur, end - start)
+            assert end + 0.4 <= at + dur <= end + 1.0, (call.name, at + dur, end)
+            assert dur <= end - start + PREFIX + 1.0, (call.name, dur, end - start)
 
 
 def test_marks_follow_replies_and_are_distinct(calls: dict[str, Any]) -> None:
@@ -263,7 +279,7 @@ def test_alaw_bridge_end_to_end(calls: dict[str, Any]) -> None:
     call = next(c for c in calls["calls"] if c.encoding == "audio/x-alaw")
     assert len(call.peer.replies) == call.n_turns
     for reply, (start, _) in zip(call.peer.replies, call.turns, strict=True):
-        assert abs(echo_offset_s(call, reply.audio) - (start - PREFIX)) <= ONSET_TOL
+        assert echo_starts_ok(echo_offset_s(call, reply.audio), start), start
         # the last frame: the rest of the utterance, then padding with A-law silence (0xD5), not μ-law's 0xFF
         body, last = reply.audio[:-FRAME], reply.audio[-FRAME:]
         at = bytes(call.peer.sent).find(body) + len(body)
