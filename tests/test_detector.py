@@ -71,8 +71,13 @@ def test_hysteresis_band_neither_starts_nor_ends_silence() -> None:
     assert paused.speech_end == 20 * W and paused.at == 61 * W
 
 
-def test_onset_dropped_below_neg_threshold() -> None:
-    _, events = run([0.9] * 4 + [0.2] + [0.9] * 4 + [0.0] * 40)
+def test_onset_survives_a_short_dip_but_not_a_long_one() -> None:
+    # a 32 ms dip (a stop consonant) inside the first 250 ms does not lose the start of the turn
+    _, events = run([0.0] * 2 + [0.9] * 4 + [0.2] + [0.9] * 4 + [0.0] * 40)
+    (started,) = [e for e in events if isinstance(e, StartedTalking)]
+    assert started.onset == 2 * W
+    # a dip of 100 ms or more cancels the onset: the blip before it was not the start
+    _, events = run([0.0] * 2 + [0.9] * 4 + [0.2] * 4 + [0.9] * 4 + [0.0] * 40)
     assert events == []
 
 

@@ -48,10 +48,10 @@ def test_one_pause_per_turn_within_window(model: SileroModel, manifest: dict, na
     for turn, start, pause, end in zip(turns, starts, pauses, ends, strict=True):
         latency_ms = (pause - end) * 1000
         assert PAUSE_MS <= latency_ms <= PAUSE_MS + 200, f"pause {latency_ms:.0f} ms after the turn end"
-        # the onset is never before the speech, and the utterance (onset - 300 ms prefix
-        # padding) always contains the labelled start of the turn
+        # the onset is at most two windows before the speech and at most 150 ms after it, well
+        # inside the 300 ms prefix padding, so the utterance always holds the turn's first word
         label = turn["start"] / 16000
-        assert label - 0.07 <= start <= label + 0.3, f"onset {start:.3f} s, turn starts at {label:.3f} s"
+        assert label - 0.07 <= start <= label + 0.15, f"onset {start:.3f} s, turn starts at {label:.3f} s"
 
 
 def test_resampled_48k_stream_matches_labels(model: SileroModel, manifest: dict) -> None:

@@ -42,6 +42,7 @@ class DetectorOptions:
     can_interrupt: bool = True
     tentative_ms: float | None = None
     tail_ms: float = 200.0
+    onset_gap_ms: float = 100.0  # silence within an onset (before min_speech) that cancels it
     tail_margin_db: float = 12.0
 
     def __post_init__(self) -> None:
@@ -126,6 +127,7 @@ class PauseDetector:
         self._prefix = int(round(options.prefix_padding_ms * ms))
         self._max_speech = None if options.max_speech_s is None else int(options.max_speech_s * sample_rate)
         self._tail = int(round(options.tail_ms * ms))
+        self._onset_gap = int(round(options.onset_gap_ms * ms))
         self.position = 0  # samples consumed so far
         self.noise_floor_db = -60.0
         self.reset()
@@ -164,7 +166,9 @@ class PauseDetector:
                     self._check_onset(end, events)
             elif self.state is State.ONSET:
                 if p < neg:
-                    self.state = State.IDLE
+                    # A dip as short as a stop consonant does not cancel the onset; a longer one does.
+                    if end - self._vad_speech_end >= self._onset_gap:
+                        self.state = State.IDLE
                 else:
                     if p >= thr:
                         self.speech_end = self._vad_speech_end = end
