@@ -11,7 +11,7 @@ import numpy as np
 
 from wsstream.reply import AdditionalOutputs, CloseStream, current_context
 
-FINALLY: list[str] = []
+FINALLY: list[tuple[str, ...]] = []  # (kind, *inputs) per generator whose finally ran
 CALLS: list[dict[str, Any]] = []
 
 
@@ -27,7 +27,7 @@ def long_sync(audio: tuple[int, np.ndarray], *args: Any, **kwargs: Any) -> Itera
             time.sleep(0.01)  # blocking on purpose: must not stall the event loop
             yield 24000, _tone(24000, 0.5)
     finally:
-        FINALLY.append("sync")
+        FINALLY.append(("sync", *args))
 
 
 async def long_async(audio: tuple[int, np.ndarray], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -36,7 +36,7 @@ async def long_async(audio: tuple[int, np.ndarray], *args: Any, **kwargs: Any) -
             await asyncio.sleep(0.01)
             yield 24000, _tone(24000, 0.5)
     finally:
-        FINALLY.append("async")
+        FINALLY.append(("async", *args))
 
 
 def recording(audio: tuple[int, np.ndarray], *args: Any, **kwargs: Any) -> Iterator[Any]:
