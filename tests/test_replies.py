@@ -152,3 +152,27 @@ async def test_sessions_are_cleaned_up(make_server, manifest: dict) -> None:
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     names = [t.get_coro().__qualname__ for t in tasks]
     assert not [n for n in names if n.startswith("Session.")], names
+
+
+async def test_barge_in_clears_a_reply_sent_in_full_but_not_yet_played(make_server, manifest: dict) -> None:
+    """A client that echoes marks has not heard a reply until it echoes its mark: speech before
+    that still clears it. Speech after the echo does not."""
+    from wsstream.session import SessionConfig
+
+    # a 10 s lead: every reply goes out at once, as to a client with a deep playback buffer
+    server = await make_server(ReplyOnPause(fn=echo), session=SessionConfig(lead_ms=10000))
+    name = "dialog_01.flac"
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        await conv.send_audio(turn_audio(manifest, name, 0))
+        await conv.wait_for(lambda c: c.of("event", "mark"))
+        await conv.send_json({"event": "mark", "mark": {"name": "reply-1"}})  # played it all
+        await conv.send_audio(turn_audio(manifest, name, 1))
+        await conv.wait_for(lambda c: len(c.of("event", "mark")) == 2)
+        assert not conv.of("event", "clear")  # reply 1 had been heard: nothing to clear
+        # reply 2 is sent in full, its mark not echoed yet (still playing): the user talks over it
+        await conv.send_audio(turn_audio(manifest, name, 2))
+        await conv.wait_for(lambda c: c.of("event", "clear"))
+        clear = conv.of("event", "clear")[0]
+        third_start = conv.logs("started_talking")[2]
+        assert clear["wall"] >= third_start["wall"]
+        await conv.wait_for(lambda c: len(c.logs("pause_detected")) == 3)

@@ -301,7 +301,7 @@ class Session:
                 if ignore_speech:
                     continue
                 self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
-                if self._replying and self.options.can_interrupt:
+                if self.options.can_interrupt and self._audible():
                     self._interrupt()
             elif isinstance(ev, PauseTentative):
                 if not ignore_speech:
@@ -342,6 +342,14 @@ class Session:
     @property
     def _replying(self) -> bool:
         return not self._reply_idle.is_set()
+
+    def _audible(self) -> bool:
+        """Is a reply still being heard? Sent in full is not played in full: a client that echoes marks
+        (browsers, Twilio) has not played the last reply until it echoes its mark."""
+        if self._replying:
+            return True
+        ctx = self.context
+        return bool(ctx.marks_played and ctx.marks_sent) and ctx.marks_sent[-1] not in ctx.marks_played
 
     def _begin_reply(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
         if self._replying:
