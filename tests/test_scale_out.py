@@ -297,3 +297,39 @@ async def test_nginx_in_front_of_two_instances(nginx_front: tuple[int, list[Serv
         assert PAUSE <= latency <= PAUSE + 0.2 + 0.1, f"pause_detected {latency:.3f} s after turn end via nginx"
     assert conv.replies[-1].ended_by == "mark"
     assert abs(len(conv.replies[-1].audio) / 2 - pauses[-1]["speech_s"] * 16000) <= 320
+
+
+def test_drain_lets_calls_in_progress_finish(manifest: dict) -> None:
+    """--drain-s: on SIGTERM the port closes at once, but a call in progress is still answered."""
+    import signal as _signal
+
+    server = ServerProcess("--drain-s", "20", "--lead-ms", "600000")
+    try:
+        async def scenario() -> tuple[Conversation, bool, float]:
+            name = "dialog_02.flac"
+            turns = manifest["files"][name]["turns"]
+            audio = load_corpus(name)
+            async with Conversation(server.url + "/ws") as conv:
+                await conv.send_audio(audio[: turns[0]["end"] + 16000])
+                await conv.wait_for(lambda c: c.of("event", "mark"))
+                server.proc.send_signal(_signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                try:  # no new calls
+                    async with Conversation(server.url + "/ws"):
+                        refused = False
+                except OSError:
+                    refused = True
+                # the call in progress goes on and is answered
+                await conv.send_audio(audio[turns[0]["end"] + 16000: turns[1]["end"] + 16000])
+                await conv.wait_for(lambda c: len(c.of("event", "mark")) == 2, 20)
+                t0 = time.monotonic()
+            return conv, refused, t0
+
+        conv, refused, t_hangup = asyncio.run(scenario())
+        assert refused
+        assert len(conv.logs("pause_detected")) == 2
+        # once the last call has gone, the server exits at once, well before the 20 s drain
+        assert server.proc.wait(10) == 0
+        assert time.monotonic() - t_hangup < 5
+    finally:
+        server.close()

@@ -94,7 +94,7 @@ async def _serve(args: argparse.Namespace) -> None:
     else:
         print(f"wsstream: listening on ws://{args.host}:{server.port}/ws", flush=True)
     await stop.wait()
-    await server.aclose()
+    await server.drain(args.drain_s)
 
 
 async def _client(args: argparse.Namespace) -> int:
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--vad-batch-interval-ms", type=float, default=8.0,
                    help="least time between batched model calls: longer batches more streams per call "
                         "(less CPU), shorter answers sooner")
+    s.add_argument("--drain-s", type=float, default=0.0,
+                   help="on SIGTERM/SIGINT, stop listening and let calls in progress go on for up to this "
+                        "many seconds before closing them (default 0: close at once with 1001)")
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
                    help="event loop: uvloop when installed (auto), or force one")

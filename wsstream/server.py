@@ -9,6 +9,7 @@ that drains the session's output back through the dialect. Plain HTTP GETs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -77,7 +78,7 @@ class WsServer:
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._worker_task: asyncio.Task[None] | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()  # set whenever no call is open (drain waits on it)
 
     @property
     def ready(self) -> bool:
@@ -114,6 +115,21 @@ class WsServer:
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.serve_forever()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking calls (listening ends, /healthz would say 503) and let the calls in progress
+        finish, for at most ``seconds``; then close what is left (1001) and stop."""
+        self.draining = True
+        if self._server is not None and seconds > 0:
+            self._server.close(close_connections=False)
+            if self.active:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), seconds)
+            log.info("drain over: %d call(s) still open", self.active)
+            # close() is idempotent: the calls still open are closed here, as close() would have done
+            await asyncio.gather(*(ws.close(1001, "server shutting down") for ws in self._server.connections),
+                                 return_exceptions=True)
+        await self.aclose()
 
     async def aclose(self) -> None:
         self.draining = True
@@ -173,6 +189,7 @@ class WsServer:
             return
         assert self.worker is not None
         self.active += 1
+        self._idle.clear()
         self.metrics.inc("sessions_total")
         session = Session(self.app, self.worker, session_id=f"s{next(self._ids)}", dialect=dialect.name,
                           metrics=self.metrics,
@@ -188,6 +205,8 @@ class WsServer:
                     await asyncio.gather(writer, return_exceptions=True)
         finally:
             self.active -= 1
+            if self.active == 0:
+                self._idle.set()
 
     async def _reader(self, ws: ServerConnection, dialect: Dialect, session: Session) -> None:
         try:
