@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from wsstream.events import Error, FetchOutput, InEvent, Log, OutEvent, Pong, SendInput, Warning
+from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, SendInput, Warning
 
 
 class ProtocolError(ValueError):
@@ -44,6 +44,14 @@ def fastrtc_message(event: OutEvent) -> str | None:
     if isinstance(event, Pong):
         return dumps({"event": "pong"})
     return None
+
+
+def parse_mark(msg: dict[str, Any]) -> MarkPlayed:
+    """``{"event": "mark", "mark": {"name": ...}}``, as /ws clients and Twilio both send it."""
+    mark = msg.get("mark")
+    if not isinstance(mark, dict) or not isinstance(mark.get("name"), str):
+        raise ProtocolError('mark message needs {"mark": {"name": "..."}}')
+    return MarkPlayed(mark["name"])
 
 
 def load_json_object(message: str | bytes) -> dict[str, Any]:

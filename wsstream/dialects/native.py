@@ -8,14 +8,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from wsstream.codecs import AudioFormat, FormatError
-from wsstream.dialects.base import ProtocolError, dumps, fastrtc_message, load_json_object
+from wsstream.dialects.base import ProtocolError, dumps, fastrtc_message, load_json_object, parse_mark
 from wsstream.events import (
     AudioIn,
     AudioOut,
     Clear,
     InEvent,
     Mark,
-    MarkPlayed,
     OutEvent,
     Ping,
     SetInputs,
@@ -96,10 +95,7 @@ class NativeDialect:
         if event == "trigger":
             return [Trigger()]
         if event == "mark":
-            mark = msg.get("mark")
-            if not isinstance(mark, dict) or not isinstance(mark.get("name"), str):
-                raise ProtocolError('mark message needs {"mark": {"name": "..."}}')
-            return [MarkPlayed(mark["name"])]
+            return [parse_mark(msg)]
         if event == "ping":
             return [Ping()]
         if event == "stop":

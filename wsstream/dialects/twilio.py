@@ -20,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from wsstream.codecs import AudioFormat, FormatError
-from wsstream.dialects.base import ProtocolError, dumps, load_json_object
+from wsstream.dialects.base import ProtocolError, dumps, load_json_object, parse_mark
 from wsstream.events import (
     AudioIn,
     AudioOut,
@@ -31,7 +31,6 @@ from wsstream.events import (
     InEvent,
     Log,
     Mark,
-    MarkPlayed,
     OutEvent,
     Start,
     Stop,
@@ -70,10 +69,7 @@ class TwilioDialect:
         if event == "start":
             return [self._start(msg)]
         if event == "mark":
-            mark = msg.get("mark")
-            if not isinstance(mark, dict) or not isinstance(mark.get("name"), str):
-                raise ProtocolError('mark message without {"mark": {"name": "..."}}')
-            return [MarkPlayed(mark["name"])]
+            return [parse_mark(msg)]
         if event == "dtmf":
             dtmf = msg.get("dtmf")
             digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
