@@ -2,10 +2,12 @@
 
     uv run python benchmarks/vad_engine.py [--seconds 3]
 
-For each batch size B, B streams each advance one 32 ms window per model call
-(what the server's worker does when B streams are live). The baseline in the
-same run is the same B streams run one model call each (batch size 1). The
-model session uses one intra-op thread, so figures are per core.
+For each batch size B, B streams each advance one window per model call (what
+the server's worker does when B streams are live). Two baselines in the same
+run: the same B streams run one model call each (batch size 1), and the stock
+``silero_vad.onnx`` graph at the same batch size (the server runs the restated
+graph of ``vad/restated.py``). Sessions use one intra-op thread, so figures are
+per core.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import time
 import numpy as np
 from _corpus import load
 
-from vad.engine import VadEngine
+from vad.engine import WINDOW, VadEngine
 from vad.model import SileroModel
 
 
 def bench(engine: VadEngine, streams: list, audio: np.ndarray, seconds: float, batched: bool) -> float:
     """Seconds of CPU per window."""
-    windows = audio[: (audio.size // 512) * 512].reshape(-1, 512)
+    size = WINDOW[streams[0].rate]
+    windows = audio[: (audio.size // size) * size].reshape(-1, size)
     step = 0
     done = 0
     t0 = time.process_time()
@@ -42,20 +45,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per measurement")
     ap.add_argument("--sizes", default="1,8,64,256")
+    ap.add_argument("--rates", default="16000,8000")
     args = ap.parse_args()
-    model = SileroModel()
-    audio = load("dialog_00.flac")
-    window_s = 512 / 16000
-    print(f"Silero VAD on onnxruntime, 1 intra-op thread, 16 kHz, {window_s * 1000:.0f} ms windows")
-    print(f"{'batch':>6} {'µs/window':>10} {'one-by-one':>11} {'speedup':>8} {'streams/core':>13}")
-    for size in (int(s) for s in args.sizes.split(",")):
-        engine = VadEngine(model, capacity=size)
-        streams = [engine.open_stream(16000) for _ in range(size)]
-        bench(engine, streams, audio, 0.3, True)  # warm up, allocate slots
-        batched = bench(engine, streams, audio, args.seconds, True)
-        single = bench(engine, streams, audio, args.seconds / 2, False) if size > 1 else batched
-        print(f"{size:>6} {batched * 1e6:>10.1f} {single * 1e6:>11.1f} {single / batched:>7.2f}x "
-              f"{window_s / batched:>13.0f}")
+    models = {"restated": SileroModel(), "stock": SileroModel(graph="stock")}
+    for rate in (int(r) for r in args.rates.split(",")):
+        audio = load("dialog_00.flac", rate)
+        window_s = WINDOW[rate] / rate
+        print(f"\nSilero VAD on onnxruntime, 1 intra-op thread, {rate} Hz, {window_s * 1000:.0f} ms windows; "
+              "µs of CPU per window")
+        print(f"{'batch':>6} {'restated':>9} {'one-by-one':>11} {'batching':>9} {'stock':>7} {'restating':>10} "
+              f"{'streams/core':>13}")
+        for size in (int(s) for s in args.sizes.split(",")):
+            cost = {}
+            for name, model in models.items():
+                engine = VadEngine(model, capacity=size)
+                streams = [engine.open_stream(rate) for _ in range(size)]
+                bench(engine, streams, audio, 0.3, True)  # warm up, allocate slots
+                cost[name] = bench(engine, streams, audio, args.seconds, True)
+                if name == "restated":
+                    cost["single"] = bench(engine, streams, audio, args.seconds / 2, False) if size > 1 \
+                        else cost[name]
+            fast = cost["restated"]
+            print(f"{size:>6} {fast * 1e6:>9.1f} {cost['single'] * 1e6:>11.1f} {cost['single'] / fast:>8.2f}x "
+                  f"{cost['stock'] * 1e6:>7.1f} {cost['stock'] / fast:>9.2f}x {window_s / fast:>13.0f}")
+    print("\nbatching = one-by-one / batched; restating = stock graph / restated graph (same batch);")
     print("streams/core = real-time streams one core could run on VAD inference alone (window length / cost)")
 
 
