@@ -1,9 +1,10 @@
 """The websockets (asyncio) server: routing, dialects, limits, health and metrics.
 
-A thin I/O layer: every connection gets a dialect and a ``Session``, a reader
-that feeds wire messages through the dialect into the session, and a writer
-that drains the session's output back through the dialect. Plain HTTP GETs
-(``/healthz``, ``/metrics``, the demo page) are answered by the same server.
+Every connection (``wsstream.transport.WsConnection``, an asyncio protocol)
+gets a dialect and a ``Session``: wire messages go through the dialect into the
+session as they are read, and the session's output goes back through the
+dialect. Plain HTTP GETs (``/healthz``, ``/metrics``, the demo page) are
+answered by the same listener.
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from vad.engine import VadEngine
 from vad.model import SileroModel
 from wsstream import web
-from wsstream.dialects import NativeDialect, ProtocolError, fastrtc, twilio
-from wsstream.dialects.base import Dialect, dumps
+from wsstream.dialects import NativeDialect, fastrtc, twilio
+from wsstream.dialects.base import Dialect
 from wsstream.dialects.native import format_from_query
-from wsstream.events import Close, Error
 from wsstream.inference import InferenceWorker
 from wsstream.metrics import Metrics
 from wsstream.reply import ReplyOnPause
 from wsstream.session import Session, SessionConfig
+from wsstream.transport import CLOSE_TIMEOUT_S, WsConnection
 
 log = logging.getLogger("wsstream.server")
 
@@ -45,6 +44,7 @@ class ServerConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     reuse_port: bool = False
     vad_batch_interval_ms: float = 8.0  # model calls at least this far apart, so more streams share each
+    ping_interval_s: float = 20.0  # keepalive pings; a connection silent for 3 intervals is dropped
 
 
 @dataclass
@@ -76,8 +76,10 @@ class WsServer:
         self.active = 0
         self.draining = False
         self._ids = itertools.count(1)
-        self._server: Server | None = None
+        self._server: asyncio.Server | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self.connections: set[WsConnection] = set()
         self._idle = asyncio.Event()  # set whenever no call is open (drain waits on it)
 
     @property
@@ -95,14 +97,11 @@ class WsServer:
             self.engine = VadEngine(model)
         self.worker = InferenceWorker(self.engine, min_interval_s=self.config.vad_batch_interval_ms / 1000)
         self._worker_task = asyncio.create_task(self.worker.run(), name="vad-worker")
-        self._server = await serve(
-            self._connection, self.config.host, self.config.port,
-            process_request=self._process_request,
-            compression=None,  # PCM does not compress; deflate only costs CPU
-            max_size=self.config.max_message_bytes,
-            max_queue=32,
-            reuse_port=self.config.reuse_port,
-        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: WsConnection(self), self.config.host, self.config.port,
+            reuse_port=self.config.reuse_port or None, backlog=1024)
+        self._keepalive_task = asyncio.create_task(self._keepalive(), name="keepalive")
         log.info("wsstream listening on ws://%s:%d/ws", self.config.host, self.port)
 
     async def __aenter__(self) -> WsServer:
@@ -121,28 +120,72 @@ class WsServer:
         finish, for at most ``seconds``; then close what is left (1001) and stop."""
         self.draining = True
         if self._server is not None and seconds > 0:
-            self._server.close(close_connections=False)
+            self._server.close()
             if self.active:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), seconds)
             log.info("drain over: %d call(s) still open", self.active)
-            # close() is idempotent: the calls still open are closed here, as close() would have done
-            await asyncio.gather(*(ws.close(1001, "server shutting down") for ws in self._server.connections),
-                                 return_exceptions=True)
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop listening, close every connection with 1001 (bounded wait), stop the worker."""
         self.draining = True
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            await asyncio.gather(self._worker_task, return_exceptions=True)
+        connections = list(self.connections)
+        for conn in connections:
+            conn.close(1001, "server shutting down")
+        if connections:
+            _, late = await asyncio.wait([c.done for c in connections], timeout=CLOSE_TIMEOUT_S + 1)
+            for conn in connections:
+                if not conn.done.done() and conn.transport is not None:
+                    conn.transport.abort()
+            if late:
+                await asyncio.wait(late, timeout=2)
+        for task in (self._keepalive_task, self._worker_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _keepalive(self) -> None:
+        """Ping every open connection now and then; drop one that has sent nothing (not even a pong)
+        for three intervals: a peer that vanished without a FIN must not hold a session forever."""
+        loop = asyncio.get_running_loop()
+        interval = self.config.ping_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in list(self.connections):
+                if conn.state != "open":
+                    continue
+                if now - conn.last_seen > 3 * interval:
+                    log.info("dropping a connection silent for %.0f s", now - conn.last_seen)
+                    conn.close_code = 1006
+                    assert conn.transport is not None
+                    conn.transport.abort()
+                else:
+                    conn.ping()
+
+    # ---- sessions (called by connections) ----------------------------------------
+
+    def new_session(self, dialect: Dialect, kwargs: dict[str, Any]) -> Session:
+        assert self.worker is not None
+        self.active += 1
+        self._idle.clear()
+        self.metrics.inc("sessions_total")
+        return Session(self.app, self.worker, session_id=f"s{next(self._ids)}", dialect=dialect.name,
+                       metrics=self.metrics,
+                       **{"config": self.config.session, **kwargs})  # a route may bring its own config
+
+    def session_ended(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
 
     # ---- HTTP ----------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, request: Request) -> Response | None:
+        """The response to a plain HTTP request, or None to go on with a WebSocket handshake."""
         path = request.path.partition("?")[0]
         if path in self.routes:
             if "upgrade" not in request.headers.get("Connection", "").lower():
@@ -169,84 +212,6 @@ class WsServer:
             "vad_windows": stats.windows if stats else 0,
             "vad_largest_batch": stats.largest_batch if stats else 0,
         }
-
-    # ---- WebSocket -------------------------------------------------------------
-
-    async def _connection(self, ws: ServerConnection) -> None:
-        path, _, query = ws.request.path.partition("?")
-        route = self.routes[path]
-        if self.active >= self.config.concurrency_limit or self.draining:
-            self.metrics.inc("sessions_rejected")
-            await ws.send(dumps({"status": "failed", "meta": {"error": "concurrency_limit_reached",
-                                                               "limit": self.config.concurrency_limit}}))
-            await ws.close(1013, "concurrency limit reached")
-            return
-        try:
-            dialect, kwargs = route.make(self, query)
-        except ProtocolError as exc:
-            await ws.send(dumps({"type": "error", "data": str(exc)}))
-            await ws.close(exc.code, str(exc)[:120])
-            return
-        assert self.worker is not None
-        self.active += 1
-        self._idle.clear()
-        self.metrics.inc("sessions_total")
-        session = Session(self.app, self.worker, session_id=f"s{next(self._ids)}", dialect=dialect.name,
-                          metrics=self.metrics,
-                          **{"config": self.config.session, **kwargs})  # a route may bring its own config
-        try:
-            async with session:
-                writer = asyncio.create_task(self._writer(ws, dialect, session))
-                try:
-                    await self._reader(ws, dialect, session)
-                finally:
-                    if not writer.done():
-                        writer.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
-        finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
-
-    async def _reader(self, ws: ServerConnection, dialect: Dialect, session: Session) -> None:
-        try:
-            async for message in ws:
-                try:
-                    events = dialect.parse(message)
-                except ProtocolError as exc:
-                    self.metrics.inc("protocol_errors")
-                    session.emit(Error(str(exc)))
-                    if exc.fatal:
-                        session.emit(Close(exc.code, str(exc)[:120]))
-                        # Keep reading until the writer has closed the connection.
-                    continue
-                for event in events:
-                    await session.handle(event)
-        except ConnectionClosed:
-            pass
-
-    async def _writer(self, ws: ServerConnection, dialect: Dialect, session: Session) -> None:
-        try:
-            while True:
-                event = await session.next_output()
-                if isinstance(event, Close):
-                    await ws.close(event.code, event.reason[:120])
-                    return
-                try:
-                    message = dialect.serialize(event)
-                except (TypeError, ValueError) as exc:
-                    # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
-                    log.warning("cannot send %s: %s", type(event).__name__, exc)
-                    message = dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
-                                                      f"message: {exc}"))
-                if message is not None:
-                    await ws.send(message)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("writer failed; closing the connection")
-            await ws.close(1011, "internal error")
-
 
 def _text(status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
     reason = {200: "OK", 404: "Not Found", 426: "Upgrade Required", 503: "Service Unavailable"}.get(status, "")

@@ -197,11 +197,23 @@ class Session:
     # ---- inbound -------------------------------------------------------------
 
     async def handle(self, event: InEvent) -> None:
+        """Handle ``event``, waiting first while inference has no room for more audio."""
+        while not self.offer(event):
+            await self.wait_vad_room()
+
+    async def wait_vad_room(self) -> None:
+        """Return once the stream's VAD buffer has drained (or the session is closing)."""
+        await self._vad_drained.wait()
+
+    def offer(self, event: InEvent) -> bool:
+        """Handle ``event`` now, unless it is audio that inference has no room for yet: then nothing is
+        consumed and False is returned; the transport stops reading, waits for ``wait_vad_room`` and
+        offers it again. That is the whole backpressure path: no audio is ever dropped."""
         if self._closing:
-            return
+            return True
         if isinstance(event, AudioIn):
-            await self._on_audio(event)
-        elif isinstance(event, Start):
+            return self._on_audio(event)
+        if isinstance(event, Start):
             self._on_start(event)
         elif isinstance(event, SetInputs):
             self._set_inputs(event.data)
@@ -222,6 +234,7 @@ class Session:
             elif not self._stopping:
                 self._stopping = True
                 self._spawn(self._finish())
+        return True
 
     def _on_start(self, event: Start) -> None:
         if self._audio_seen:
@@ -244,36 +257,35 @@ class Session:
         else:
             self._args, self._kwargs = (data,), {}
 
-    async def _on_audio(self, event: AudioIn) -> None:
+    def _on_audio(self, event: AudioIn) -> bool:
         if self._stopping:
-            return
+            return True
         try:
             pcm = decode(event.data, event.encoding or self.input_format.encoding)
         except FormatError as exc:
             self.metrics.inc("bad_audio")
             self.emit(Error(str(exc)))
-            return
+            return True
         if pcm.size > self.config.max_message_s * self.input_format.sample_rate:
             self.emit(Error(f"an audio message may carry at most {self.config.max_message_s:g} s of audio; "
                             f"got {pcm.size / self.input_format.sample_rate:.1f} s"))
-            return
+            return True
+        vad = self.vad
+        incoming = pcm.size * vad.rate // self.input_format.sample_rate + vad.window
+        # (only while the worker has whole windows to take: with less pending, waiting would never end)
+        if vad.pending_samples >= vad.window \
+                and vad.pending_samples + incoming > vad.capacity * self.config.vad_high_water:
+            self._vad_drained.clear()  # inference is behind: the client waits (TCP backpressure)
+            self.metrics.inc("input_waits")
+            return False
         if not self._audio_seen:
             self._audio_seen = True
             self._maybe_startup()
-        incoming = pcm.size * self.vad.rate // self.input_format.sample_rate + self.vad.window
-        # (only while the worker has whole windows to take: with less pending, waiting would never end)
-        while self.vad.pending_samples >= self.vad.window \
-                and self.vad.pending_samples + incoming > self.vad.capacity * self.config.vad_high_water:
-            # Inference is behind: stop reading this client until it catches up (TCP backpressure).
-            self._vad_drained.clear()
-            self.metrics.inc("input_waits")
-            await self._vad_drained.wait()
-            if self._closing:
-                return
         self.history.append(pcm)
-        self.vad.push(pcm)
+        vad.push(pcm)
         self.metrics.inc("audio_samples_in", pcm.size)
         self.worker.notify(self)
+        return True
 
     def _maybe_startup(self) -> None:
         if self._started:

@@ -64,5 +64,5 @@ def static(request: Request) -> Response | None:
     return static_file(path.removeprefix("/static/"))
 
 
-# Keys ending in "*" match every path with that prefix (see WsServer._process_request).
+# Keys ending in "*" match every path with that prefix (see WsServer.process_request).
 ROUTES = {"/": index, "/static/*": static}
