@@ -97,7 +97,10 @@ NOISE_FLOOR_MIN_DB = -72.0
 
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
-    """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts]."""
+    """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts].
+    Windows are float in -1..1, or int16 (scaled here)."""
+    if windows.dtype == np.int16:
+        windows = windows.astype(np.float32) * np.float32(1 / 32768)
     n, size = windows.shape
     sub = windows.reshape(n, parts, size // parts)
     power = np.einsum("ijk,ijk->ij", sub, sub) / (size // parts)
@@ -154,6 +157,8 @@ class PauseDetector:
         events: list[DetectorEvent] = []
         opts = self.options
         thr, neg = opts.threshold, opts.negative
+        level_rows = None if levels is None else np.asarray(levels, dtype=np.float64).tolist()  # plain floats:
+        # a handful of sub-window levels per window is cheaper in Python than in per-window numpy calls
         for k, p in enumerate(np.asarray(probs, dtype=np.float32).tolist()):
             start = self.position
             end = start + self.window
@@ -184,8 +189,8 @@ class PauseDetector:
                 else:
                     if p < neg:
                         self.in_silence = True
-                    if levels is not None:
-                        self._extend_tail(start, levels[k])
+                    if level_rows is not None:
+                        self._extend_tail(start, level_rows[k])
                 if self.in_silence:
                     silence = end - self.speech_end
                     if silence >= self._pause:
@@ -196,18 +201,19 @@ class PauseDetector:
                 if self._max_speech is not None and self.state is State.TALKING \
                         and end - self.onset >= self._max_speech:
                     events.append(self._finish(end, "max_speech"))
-            if levels is not None and p < neg:
+            if level_rows is not None and p < neg:
                 # Follow the noise floor on windows the model calls silence: instant fall, 1 dB/window rise,
                 # never below NOISE_FLOOR_MIN_DB, so digital silence (a muted leg) does not leave a floor so
                 # low that ordinary room tone afterwards would pass for the tail of a word.
-                self.noise_floor_db = max(min(self.noise_floor_db + 1.0, float(levels[k].min())), NOISE_FLOOR_MIN_DB)
+                self.noise_floor_db = max(min(self.noise_floor_db + 1.0, *level_rows[k]), NOISE_FLOOR_MIN_DB)
         return events
 
-    def _extend_tail(self, start: int, levels: np.ndarray) -> None:
-        loud = np.flatnonzero(levels > self.noise_floor_db + self.options.tail_margin_db)
-        if loud.size:
-            sub = self.window // levels.size
-            tail_end = min(start + (int(loud[-1]) + 1) * sub, self._vad_speech_end + self._tail)
+    def _extend_tail(self, start: int, levels: list[float]) -> None:
+        gate = self.noise_floor_db + self.options.tail_margin_db
+        last = next((i for i in range(len(levels) - 1, -1, -1) if levels[i] > gate), -1)
+        if last >= 0:
+            sub = self.window // len(levels)
+            tail_end = min(start + (last + 1) * sub, self._vad_speech_end + self._tail)
             self.speech_end = max(self.speech_end, tail_end)
 
     def _check_onset(self, end: int, events: list[DetectorEvent]) -> None:

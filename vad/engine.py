@@ -80,7 +80,7 @@ class VadStream:
             import soxr
 
             self._resampler = soxr.ResampleStream(sample_rate, self.rate, 1, dtype="float32", quality="HQ")
-        self._buf = np.zeros(max(int(max_pending_s * self.rate), 4 * self.window), dtype=np.float32)
+        self._buf = np.zeros(max(int(max_pending_s * self.rate), 4 * self.window), dtype=np.int16)
         self._fill = 0
 
     @property
@@ -93,29 +93,31 @@ class VadStream:
         return self._buf.size
 
     def push(self, audio: np.ndarray) -> None:
-        """Append mono audio at the input rate: float32 in -1..1, or int16 (scaled on the way in,
-        with no intermediate array). Raises OverflowError when the buffer is full."""
-        if self._resampler is not None:
+        """Append mono audio at the input rate: int16, or float32 in -1..1 (quantized to int16).
+        Raises OverflowError when the buffer is full.
+
+        The buffer holds int16 so that the per-message work is one copy; scaling to float
+        happens once per model call for the whole batch (``VadEngine``).
+        """
+        if self._resampler is not None:  # (in float: soxr's int16 output is not chunking-invariant)
             if audio.dtype == np.int16:
                 audio = audio.astype(np.float32) * np.float32(1 / 32768)
             audio = self._resampler.resample_chunk(audio)
+        if audio.dtype != np.int16:
+            audio = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
         n = audio.size
         if self._fill + n > self._buf.size:
             raise OverflowError(f"VAD input buffer full ({self._buf.size} samples pending)")
-        out = self._buf[self._fill:self._fill + n]
-        if audio.dtype == np.int16:
-            np.multiply(audio, np.float32(1 / 32768), out=out, casting="unsafe")
-        else:
-            out[:] = audio
+        self._buf[self._fill:self._fill + n] = audio
         self._fill += n
 
     def take_windows(self, limit: int | None = None) -> np.ndarray:
-        """Remove and return the whole windows ready for inference, as [n, window] float32."""
+        """Remove and return the whole windows ready for inference, as [n, window] int16."""
         n = self._fill // self.window
         if limit is not None:
             n = min(n, limit)
         if n == 0:
-            return np.empty((0, self.window), dtype=np.float32)
+            return np.empty((0, self.window), dtype=np.int16)
         used = n * self.window
         self.windows_taken += n
         windows = self._buf[:used].reshape(n, self.window).copy()
@@ -128,7 +130,7 @@ class VadStream:
         """Give the slot back (deferred to the engine's next ``process``)."""
         if not self.closed:
             self.closed = True
-            self._buf = np.zeros(0, dtype=np.float32)  # the memory goes now; the slot at the next batch
+            self._buf = np.zeros(0, dtype=np.int16)  # the memory goes now; the slot at the next batch
             self._fill = 0
             self.engine._closing.append(self)
 
@@ -202,6 +204,7 @@ class VadEngine:
         ctx, win = bank.ctx, bank.window
         uniform = bool((counts == steps).all())
         stacked = np.stack([batch[i][1] for i in members]) if uniform else None  # [B, steps, window]
+        scale_int16 = batch[members[0]][1].dtype == np.int16  # windows come as int16 from VadStream
         for step in range(steps):
             active = np.arange(len(members)) if uniform else np.flatnonzero(counts > step)
             slots = slots_all[active]
@@ -211,6 +214,8 @@ class VadEngine:
                 x[:, ctx:] = stacked[:, step]
             else:
                 x[:, ctx:] = np.stack([batch[members[a]][1][step] for a in active])
+            if scale_int16:
+                x[:, ctx:] *= np.float32(1 / 32768)
             probs, state = self.model(x, bank.state[:, slots], bank.rate)
             bank.state[:, slots] = state
             bank.context[slots] = x[:, -ctx:]

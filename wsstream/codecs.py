@@ -8,12 +8,14 @@ in a 256-entry table.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 ENCODINGS = ("pcm16", "mulaw", "alaw", "float32")
 BYTES_PER_SAMPLE = {"pcm16": 2, "mulaw": 1, "alaw": 1, "float32": 4}
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the wire is little-endian; so is every CPU we run on
 MIN_RATE, MAX_RATE = 8000, 48000
 
 
@@ -100,7 +102,8 @@ def decode(data: bytes | bytearray | memoryview, encoding: str) -> np.ndarray:
         raise FormatError(f"{encoding} audio must be a whole number of {width}-byte samples, "
                           f"got {len(data)} bytes")
     if encoding == "pcm16":
-        return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+        samples = np.frombuffer(data, dtype=np.int16)
+        return samples if _LITTLE_ENDIAN else samples.byteswap()
     if encoding == "mulaw":
         return ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
     if encoding == "alaw":

@@ -13,10 +13,11 @@ class Metrics:
     def inc(self, name: str, value: int = 1) -> None:
         self.counters[name] += value
 
-    def render(self, extra: dict[str, float] | None = None) -> str:
-        """Prometheus text exposition format."""
+    def render(self, extra: dict[str, float] | None = None, live: Counter[str] | None = None) -> str:
+        """Prometheus text exposition format; ``live`` adds counts still held by open sessions
+        (hot-path counters that a session publishes only when it ends)."""
         lines = []
-        for name, value in sorted(self.counters.items()):
+        for name, value in sorted((self.counters + (live or Counter())).items()):
             lines += [f"# TYPE wsstream_{name} counter", f"wsstream_{name} {value}"]
         for name, value in sorted({**self.gauges, **(extra or {})}.items()):
             lines += [f"# TYPE wsstream_{name} gauge", f"wsstream_{name} {value}"]

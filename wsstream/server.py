@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,7 +195,11 @@ class WsServer:
         if path == "/healthz":
             return _text(200, "ok\n") if self.ready else _text(503, "not ready\n")
         if path == "/metrics":
-            return _text(200, self.metrics.render(self._gauges()), "text/plain; version=0.0.4")
+            live: Counter[str] = Counter()
+            for conn in self.connections:
+                if conn.session is not None:
+                    live["audio_samples_in"] += conn.session.samples_in
+            return _text(200, self.metrics.render(self._gauges(), live), "text/plain; version=0.0.4")
         handler = self.http_routes.get(path) or next(
             (h for p, h in self.http_routes.items() if p.endswith("*") and path.startswith(p[:-1])), None)
         if handler is not None:

@@ -26,6 +26,7 @@ from vad.detector import (
     PauseDetector,
     PauseTentative,
     StartedTalking,
+    State,
 )
 from wsstream.codecs import AudioFormat, FormatError, decode
 from wsstream.events import (
@@ -119,6 +120,7 @@ class Session:
         self._vad_drained = asyncio.Event()
         self._vad_drained.set()
         self._windows_seen = 0
+        self.samples_in = 0  # audio samples taken in (published to metrics when the session ends)
         self._configure(input_format or AudioFormat(), output_format)
 
     # ---- setup ---------------------------------------------------------------
@@ -133,6 +135,12 @@ class Session:
         self.detector = PauseDetector(self.options, self.vad.rate, self.vad.window)
         self.history = AudioHistory(int((self.config.max_utterance_s + 2.0) * fmt.sample_rate))
         self._frame_s = self.config.frame_ms / 1000.0
+        # what the audio hot path needs, computed once
+        self._encoding = fmt.encoding
+        self._max_message_samples = self.config.max_message_s * fmt.sample_rate
+        self._vad_ratio = self.vad.rate / fmt.sample_rate
+        self._vad_high_water = self.vad.capacity * self.config.vad_high_water
+        self._history_margin = int(self.options.prefix_padding_ms * self.vad.rate / 1000) + self.vad.window
 
     def start(self) -> None:
         """Start the playout task (call from a running loop)."""
@@ -166,6 +174,8 @@ class Session:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.vad.close()
+        self.metrics.inc("audio_samples_in", self.samples_in)
+        self.samples_in = 0
 
     # ---- outbound ------------------------------------------------------------
 
@@ -258,23 +268,25 @@ class Session:
             self._args, self._kwargs = (data,), {}
 
     def _on_audio(self, event: AudioIn) -> bool:
+        """The per-message hot path: a few attribute reads, one decode, two copies."""
         if self._stopping:
             return True
         try:
-            pcm = decode(event.data, event.encoding or self.input_format.encoding)
+            pcm = decode(event.data, event.encoding or self._encoding)
         except FormatError as exc:
             self.metrics.inc("bad_audio")
             self.emit(Error(str(exc)))
             return True
-        if pcm.size > self.config.max_message_s * self.input_format.sample_rate:
+        n = pcm.size
+        if n > self._max_message_samples:
+            rate = self.input_format.sample_rate
             self.emit(Error(f"an audio message may carry at most {self.config.max_message_s:g} s of audio; "
-                            f"got {pcm.size / self.input_format.sample_rate:.1f} s"))
+                            f"got {n / rate:.1f} s"))
             return True
         vad = self.vad
-        incoming = pcm.size * vad.rate // self.input_format.sample_rate + vad.window
+        pending = vad.pending_samples
         # (only while the worker has whole windows to take: with less pending, waiting would never end)
-        if vad.pending_samples >= vad.window \
-                and vad.pending_samples + incoming > vad.capacity * self.config.vad_high_water:
+        if pending >= vad.window and pending + n * self._vad_ratio + vad.window > self._vad_high_water:
             self._vad_drained.clear()  # inference is behind: the client waits (TCP backpressure)
             self.metrics.inc("input_waits")
             return False
@@ -283,7 +295,7 @@ class Session:
             self._maybe_startup()
         self.history.append(pcm)
         vad.push(pcm)
-        self.metrics.inc("audio_samples_in", pcm.size)
+        self.samples_in += n
         self.worker.notify(self)
         return True
 
@@ -298,7 +310,8 @@ class Session:
 
     def on_vad(self, probs: np.ndarray, levels: np.ndarray) -> None:
         self._windows_seen += len(probs)
-        if self._closing or self.vad.pending_samples < self.vad.capacity * self.config.vad_high_water / 2:
+        if not self._vad_drained.is_set() and (
+                self._closing or self.vad.pending_samples < self._vad_high_water / 2):
             self._vad_drained.set()  # a reader waiting for inference to catch up may go on
         if self._closing:
             return
@@ -323,12 +336,13 @@ class Session:
                     self._log("pause_cancelled", t=round(ev.at / rate, 3))
             elif isinstance(ev, PauseDetected) and not ignore_speech:
                 self._turn_ended(ev)
-        if ignore_speech and detector.state.value != "idle":
+        idle = detector.state is State.IDLE
+        if ignore_speech and not idle:
             detector.reset()
+            idle = True
         # Keep only what the next utterance can need.
-        keep = (detector.onset if detector.state.value != "idle" else detector.position) \
-            - int(self.options.prefix_padding_ms * rate / 1000) - self.vad.window
-        self.history.trim(self._to_input(keep))
+        keep = (detector.position if idle else detector.onset) - self._history_margin
+        self.history.trim(keep * self.input_format.sample_rate // rate)
 
     def _to_input(self, position: int) -> int:
         return position * self.input_format.sample_rate // self.detector.rate

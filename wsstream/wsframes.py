@@ -21,12 +21,13 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _DATA = (OP_CONT, OP_TEXT, OP_BINARY)
 _CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
+_PLAIN = frozenset({OP_TEXT, OP_BINARY})  # opcodes that need no check beyond the size
 
 # Close codes an endpoint may send (RFC 6455 7.4, and the 3000-4999 ranges for applications).
 _VALID_CLOSE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """A whole data message: ``str`` for a text message, ``bytes`` for binary."""
 
@@ -76,41 +77,51 @@ class FrameParser:
     def feed(self, data: bytes) -> list[Event]:
         if self.failed:
             return []
-        buf = self._buf
-        buf += data
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the usual case: whole frames in one read, parsed without copying them first
         events: list[Event] = []
         pos, end = 0, len(buf)
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
             opcode, length = b0 & 0x0F, b1 & 0x7F
-            head = 2
+            head = pos + 2
             if length == 126:
                 if end - pos < 4:
                     break
-                (length,) = struct.unpack_from("!H", buf, pos + 2)
-                head = 4
+                length = buf[pos + 2] << 8 | buf[pos + 3]
+                head = pos + 4
             elif length == 127:
                 if end - pos < 10:
                     break
                 (length,) = struct.unpack_from("!Q", buf, pos + 2)
-                head = 10
-            problem = self._check(b0, b1, opcode, length)
-            if problem is not None:
-                events.append(problem)
-                self.failed = True
+                head = pos + 10
+            if b0 & 0x70 or not b1 & 0x80 or opcode not in _PLAIN or self._fragment_size + length > self.max_size:
+                problem = self._check(b0, b1, opcode, length)
+                if problem is not None:
+                    events.append(problem)
+                    self.failed = True
+                    break
+            start = head + 4
+            if end < start + length:
                 break
-            if end - pos < head + 4 + length:
-                break
-            start = pos + head + 4
-            payload = apply_mask(bytes(buf[start:start + length]), bytes(buf[pos + head:start]))
+            payload = apply_mask(buf[start:start + length], buf[head:start])
             pos = start + length
+            if opcode == OP_BINARY and b0 & 0x80 and not self._fragments:
+                events.append(Message(payload))  # the hot path: a whole binary message
+                continue
             event = self._frame(b0 & 0x80, opcode, payload)
             if event is not None:
                 events.append(event)
                 if isinstance(event, Violation):
                     self.failed = True
                     break
-        del buf[:pos]
+        if pos == end:
+            self._buf = bytearray()
+        elif pos or buf is not self._buf:
+            self._buf = bytearray(buf[pos:])
         return events
 
     def _check(self, b0: int, b1: int, opcode: int, length: int) -> Violation | None:
