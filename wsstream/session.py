@@ -70,6 +70,7 @@ log = logging.getLogger("wsstream.session")
 @dataclass(frozen=True)
 class SessionConfig:
     lead_ms: float = 160.0  # reply audio sent ahead of real time, at most
+    refill_ms: float = 40.0  # ... and topped up when it falls this far below the lead (fewer wakeups)
     frame_ms: float = 20.0
     pad_last_frame: bool = False  # telephony wants every frame full-length
     max_utterance_s: float = 120.0  # a turn longer than this ends anyway (bounds memory)
@@ -121,6 +122,9 @@ class Session:
         self._vad_drained.set()
         self._windows_seen = 0
         self.samples_in = 0  # audio samples taken in (published to metrics when the session ends)
+        # Set by a transport: takes an outbound event now and returns True, or returns False when it
+        # cannot write yet; the event then waits in the outbox for ``next_output``.
+        self.sink: Callable[[OutEvent], bool] | None = None
         self._configure(input_format or AudioFormat(), output_format)
 
     # ---- setup ---------------------------------------------------------------
@@ -181,6 +185,10 @@ class Session:
 
     def emit(self, event: OutEvent) -> None:
         if self._closing and not isinstance(event, Close):
+            return
+        # The direct path: with nothing queued, a transport that can write now takes the event at once
+        # (no task switch per message, and a pause_detected leaves as soon as it is known).
+        if self.sink is not None and not self._outbox and not isinstance(event, Close) and self.sink(event):
             return
         if len(self._outbox) >= self.config.outbox_limit:
             # The client is not reading what we send: end it rather than grow without bound.
@@ -432,6 +440,7 @@ class Session:
     async def _playout(self) -> None:
         """Send reply frames paced to real time plus the lead, from a monotonic clock."""
         lead = self.config.lead_ms / 1000.0
+        refill = min(self.config.refill_ms, self.config.lead_ms / 2) / 1000.0
         out_rate = self.output_format.sample_rate
         while True:
             seq, frame = await self._playout_q.get()
@@ -454,7 +463,9 @@ class Session:
                 self._play_until = now  # the client has played everything: restart the clock
             wait = self._play_until - lead - now
             if wait > 0:
-                await asyncio.sleep(wait)
+                # The client holds a full lead: let it fall to (lead - refill), then top it up with
+                # several frames in a row, so this task wakes once per refill, not once per frame.
+                await asyncio.sleep(wait + refill)
                 if seq != self._playing_seq:
                     continue
             if not self._first_frame_sent:

@@ -24,7 +24,7 @@ from websockets.server import ServerProtocol
 
 from wsstream.dialects import ProtocolError
 from wsstream.dialects.base import Dialect, dumps
-from wsstream.events import Close, Error, InEvent
+from wsstream.events import Close, Error, InEvent, OutEvent
 from wsstream.session import Session
 from wsstream.wsframes import (
     OP_BINARY,
@@ -71,6 +71,7 @@ class WsConnection(asyncio.Protocol):
         self._backlog: collections.deque[InEvent] | None = None  # events held while reading is paused
         self._writable = asyncio.Event()
         self._writable.set()
+        self._out: list[bytes] = []  # frames waiting for this loop turn's flush
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -180,6 +181,7 @@ class WsConnection(asyncio.Protocol):
         assert server.worker is not None
         self.dialect = dialect
         self.session = server.new_session(dialect, kwargs)
+        self.session.sink = self._sink
         self._writer = self._loop.create_task(self._run(self.session, dialect))
         self._writer.add_done_callback(self._finished)
 
@@ -197,6 +199,7 @@ class WsConnection(asyncio.Protocol):
             elif isinstance(event, Violation):  # fail the connection: close frame, then end TCP at once
                 self.server.metrics.inc("protocol_errors")
                 self.close(event.code, event.reason)
+                self._flush()
                 assert self.transport is not None
                 self.transport.close()
             # a Pong only refreshes last_seen, done on every read
@@ -246,14 +249,24 @@ class WsConnection(asyncio.Protocol):
             self._write(OP_CLOSE, b"" if frame.code == 1005 else close_payload(frame.code))
         self.close_code = frame.code
         self.state = "closing"
+        self._flush()
         assert self.transport is not None
         self.transport.close()
 
     # ---- outbound --------------------------------------------------------------
 
     def _write(self, opcode: int, payload: bytes) -> None:
+        """Queue a frame; frames queued in one turn of the event loop leave in one write (one syscall)."""
         if self.state != "closed" and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(opcode, payload))
+            self._out.append(encode(opcode, payload))
+            if len(self._out) == 1:
+                self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     def send(self, message: str | bytes) -> None:
         """Queue one message on the socket (no flow control: see ``_run`` for that)."""
@@ -280,25 +293,37 @@ class WsConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _sink(self, event: OutEvent) -> bool:
+        """The session's direct path: write ``event`` now if the socket can take it."""
+        if not self._writable.is_set() or self.state != "open":
+            return False
+        self._emit(event)
+        return True
+
+    def _emit(self, event: OutEvent) -> None:
+        assert self.dialect is not None
+        try:
+            message = self.dialect.serialize(event)
+        except (TypeError, ValueError) as exc:
+            # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
+            log.warning("cannot send %s: %s", type(event).__name__, exc)
+            message = self.dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
+                                                   f"message: {exc}"))
+        if message is not None:
+            self.send(message)
+
     async def _run(self, session: Session, dialect: Dialect) -> None:
-        """The writer: session output to the socket, in order, until the session's Close."""
+        """The writer: what the direct path could not take (the socket was full), in order, and the
+        session's Close."""
         async with session:
             while True:
                 event = await session.next_output()
                 if isinstance(event, Close):
                     self.close(event.code, event.reason[:120])
                     return
-                try:
-                    message = dialect.serialize(event)
-                except (TypeError, ValueError) as exc:
-                    # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
-                    log.warning("cannot send %s: %s", type(event).__name__, exc)
-                    message = dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
-                                                      f"message: {exc}"))
-                if message is not None:
-                    self.send(message)
-                    if not self._writable.is_set():
-                        await self._writable.wait()  # the client reads slowly: wait, the outbox is bounded
+                self._emit(event)
+                if not self._writable.is_set():
+                    await self._writable.wait()  # the client reads slowly: wait, the outbox is bounded
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.server.session_ended()
