@@ -31,16 +31,17 @@ class AudioHistory:
             self.total += samples.size
             if self.kept > self.max_samples:
                 before = self._start
-                self.trim(self.total - self.max_samples)
+                self.trim(self.total - self.max_samples, exact=True)
                 self.dropped += self._start - before
 
-    def trim(self, keep_from: int) -> None:
-        """Forget samples before ``keep_from`` (whole chunks, then part of the first)."""
-        while self._chunks and self._start + self._chunks[0].size <= keep_from:
-            self._start += self._chunks.popleft().size
-        if self._chunks and self._start < keep_from:
-            cut = keep_from - self._start
-            self._chunks[0] = self._chunks[0][cut:]
+    def trim(self, keep_from: int, exact: bool = False) -> None:
+        """Forget samples before ``keep_from``: whole chunks only (it runs once per VAD window, and
+        at most one chunk more than asked for stays), or to the sample with ``exact``."""
+        chunks = self._chunks
+        while chunks and self._start + chunks[0].size <= keep_from:
+            self._start += chunks.popleft().size
+        if exact and chunks and self._start < keep_from:
+            chunks[0] = chunks[0][keep_from - self._start:]
             self._start = keep_from
 
     def slice(self, start: int, end: int) -> np.ndarray:

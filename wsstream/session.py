@@ -230,7 +230,7 @@ class Session:
         if self._closing:
             return True
         if isinstance(event, AudioIn):
-            return self._on_audio(event)
+            return self.offer_audio(event.data, event.encoding)
         if isinstance(event, Start):
             self._on_start(event)
         elif isinstance(event, SetInputs):
@@ -275,12 +275,13 @@ class Session:
         else:
             self._args, self._kwargs = (data,), {}
 
-    def _on_audio(self, event: AudioIn) -> bool:
-        """The per-message hot path: a few attribute reads, one decode, two copies."""
-        if self._stopping:
+    def offer_audio(self, data: bytes, encoding: str | None = None) -> bool:
+        """``offer(AudioIn(data, encoding))`` without the event: the per-message hot path (a few
+        attribute reads, one decode, two copies), which a transport may call directly."""
+        if self._closing or self._stopping:
             return True
         try:
-            pcm = decode(event.data, event.encoding or self._encoding)
+            pcm = decode(data, encoding or self._encoding)
         except FormatError as exc:
             self.metrics.inc("bad_audio")
             self.emit(Error(str(exc)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.http11 import Request
@@ -24,7 +25,7 @@ from websockets.server import ServerProtocol
 
 from wsstream.dialects import ProtocolError
 from wsstream.dialects.base import Dialect, dumps
-from wsstream.events import Close, Error, InEvent, OutEvent
+from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
 from wsstream.session import Session
 from wsstream.wsframes import (
     OP_BINARY,
@@ -72,6 +73,7 @@ class WsConnection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._out: list[bytes] = []  # frames waiting for this loop turn's flush
+        self._audio_bytes: Callable[[bytes], bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -180,6 +182,7 @@ class WsConnection(asyncio.Protocol):
             return
         assert server.worker is not None
         self.dialect = dialect
+        self._audio_bytes = getattr(dialect, "audio_bytes", None)  # dialects whose binary messages are audio
         self.session = server.new_session(dialect, kwargs)
         self.session.sink = self._sink
         self._writer = self._loop.create_task(self._run(self.session, dialect))
@@ -207,6 +210,10 @@ class WsConnection(asyncio.Protocol):
     def _message(self, message: str | bytes) -> None:
         assert self.session is not None and self.dialect is not None
         session = self.session
+        if self._audio_bytes is not None and type(message) is bytes and self._backlog is None:
+            if not session.offer_audio(self._audio_bytes(message)):
+                self._pause([AudioIn(message)])
+            return
         try:
             events = self.dialect.parse(message)
         except ProtocolError as exc:

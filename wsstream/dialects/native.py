@@ -77,6 +77,12 @@ class NativeDialect:
         self.media_as = media_as
         self._audio_seen = False  # a start after audio is refused by the session: it must not change media_as
 
+    def audio_bytes(self, message: bytes) -> bytes:
+        """A binary message is raw audio in the session's format: transports hand it to
+        ``Session.offer_audio`` directly, skipping ``parse``."""
+        self._audio_seen = True
+        return message
+
     def parse(self, message: str | bytes) -> list[InEvent]:
         if isinstance(message, bytes):
             self._audio_seen = True
