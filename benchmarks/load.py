@@ -6,10 +6,12 @@ For each N: starts ``wsstream serve`` (its CLI, a separate process) pinned to
 core 0, and a load generator process pinned to core 1 that opens N /ws
 connections on loopback, each streaming a corpus file (looped) in real time as
 20 ms binary pcm16 16 kHz frames, starts staggered over 2 s, for --duration
-seconds, then stops. The generator sends all streams' frames from one 20 ms
-ticker, each a pre-masked WebSocket frame written straight to its socket (no
-per-frame library work), and reports by when each tick's last frame was
-written (p99), so you can see it is not the bottleneck.
+seconds, then stops. Like real clients, the streams are not synchronised: each
+sends frame k when its audio is captured, 20 ms after the previous one, at its
+own phase (a 2 ms ticker serves the streams whose phase is due). Each frame is
+pre-masked and written straight to its socket (no per-frame library work); the
+generator reports by when each step's last frame was written (p99), so you can
+see it is not the bottleneck.
 
 Reports per N: server CPU (cores, from /proc), CPU ms per stream-second, frames
 sent vs samples the server took in (nothing may be lost), pause_detected latency
@@ -43,7 +45,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 FRAME = 320  # samples: 20 ms at 16 kHz
-TICK = 0.02
+TICK = 0.02  # one frame
+STEP = 0.002  # the generator's ticker
 
 
 # ---------------------------------------------------------------- offline truth
@@ -164,7 +167,7 @@ async def generate(url: str, n: int, duration: float, stagger: float, files: lis
     start = _client_frame(1, json.dumps({"event": "start",
                                          "format": {"encoding": "pcm16", "sample_rate": 16000}}).encode())
     request = (f"GET /{path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: d3NzdHJlYW0tbG9hZC1nZW4=\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+               f"Sec-WebSocket-Key: d3NzdHJlYW0tbG9hZGdlbg==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
     loop = asyncio.get_running_loop()
     conns: list[dict[str, Any]] = []
     for i in range(n):
@@ -178,13 +181,20 @@ async def generate(url: str, n: int, duration: float, stagger: float, files: lis
         c["transport"] = transport
         conns.append(c)
 
+    # Real clients are not synchronised: stream i starts at its own moment (staggered over --stagger
+    # seconds) and sends frame k when its audio is captured, at t0_i + (k + 1) * 20 ms. The ticker runs
+    # every STEP and serves only the streams whose phase falls in that step's slot.
     t_begin = time.monotonic()
-    starts = [t_begin + stagger * i / max(n, 1) for i in range(n)]
+    slots = int(round(TICK / STEP))
+    by_slot: list[list[dict[str, Any]]] = [[] for _ in range(slots)]
+    for i, c in enumerate(conns):
+        c["t0"] = t_begin + round(stagger * i / max(n, 1) / STEP) * STEP
+        by_slot[int(round((c["t0"] - t_begin) / STEP)) % slots].append(c)
     lateness, spread = [], []
-    tick = 0
+    step = 0
     end = t_begin + stagger + duration
     while True:
-        due = t_begin + tick * TICK
+        due = t_begin + step * STEP
         now = time.monotonic()
         if due > now:
             await asyncio.sleep(due - now)
@@ -192,20 +202,16 @@ async def generate(url: str, n: int, duration: float, stagger: float, files: lis
         lateness.append(now - due)
         if now >= end:
             break
-        for i, c in enumerate(conns):
-            if now < starts[i]:
-                continue
-            if c["t0"] is None:
-                c["t0"] = due
-                c["tick0"] = tick
-            # frames whose audio has been "captured" by this tick: frame k ends at t0 + (k + 1) * 20 ms
-            want = tick - c["tick0"]
+        for c in by_slot[step % slots]:
+            if c["t0"] > due + 1e-9:
+                continue  # not started yet
+            want = int(round((due - c["t0"]) / TICK))  # frames captured by now
             fr = c["frames"]
             while c["sent"] < want:
                 c["transport"].write(fr[c["sent"] % len(fr)])
                 c["sent"] += 1
-        spread.append(time.monotonic() - due)  # when this tick's last frame was written
-        tick += 1
+        spread.append(time.monotonic() - due)  # when this step's last frame was written
+        step += 1
     await asyncio.sleep(2.0)  # let the last pauses and replies arrive
     for c in conns:
         c["transport"].write(_client_frame(8, (1000).to_bytes(2, "big")))

@@ -83,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--interval-ms", type=float, default=8.0, help="the worker's minimum spacing of model calls")
+    ap.add_argument("--interval-ms", type=float, default=4.0, help="the worker's minimum spacing of model calls")
     args = ap.parse_args()
     model = SileroModel()
     print(f"{args.streams} real-time streams for {args.seconds:.0f} s, one process (inference thread + loop)")

@@ -80,6 +80,9 @@ async def _serve(args: argparse.Namespace) -> None:
     config = ServerConfig(host=args.host, port=args.port, concurrency_limit=args.concurrency_limit,
                           session=SessionConfig(lead_ms=args.lead_ms, narrowband_vad=args.vad_rate == 8000),
                           reuse_port=worker, vad_batch_interval_ms=args.vad_batch_interval_ms)
+    # The inference thread hands batches to and from the loop thread; Python's default 5 ms GIL
+    # switch interval would add up to that much to every pause_detected when both are busy.
+    sys.setswitchinterval(0.0005)
     server = WsServer(build_app(args), config)
     server.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
     await server.start()
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--vad-rate", type=int, default=16000, choices=(16000, 8000),
                    help="rate Silero runs at for wideband streams: 8000 costs about a third less CPU "
                         "(8 kHz streams always run at 8000)")
-    s.add_argument("--vad-batch-interval-ms", type=float, default=8.0,
+    s.add_argument("--vad-batch-interval-ms", type=float, default=4.0,
                    help="least time between batched model calls: longer batches more streams per call "
                         "(less CPU), shorter answers sooner")
     s.add_argument("--drain-s", type=float, default=0.0,

@@ -37,7 +37,7 @@ class WorkerStats:
 
 class InferenceWorker:
     def __init__(self, engine: VadEngine, *, max_windows_per_stream: int = 32,
-                 min_interval_s: float = 0.008, batched: bool = True) -> None:
+                 min_interval_s: float = 0.004, batched: bool = True) -> None:
         self.engine = engine
         self.batched = batched  # False: one model call per stream (the baseline benchmarks compare with)
         self.max_windows = max_windows_per_stream

@@ -44,7 +44,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20
     session: SessionConfig = field(default_factory=SessionConfig)
     reuse_port: bool = False
-    vad_batch_interval_ms: float = 8.0  # model calls at least this far apart, so more streams share each
+    vad_batch_interval_ms: float = 4.0  # model calls at least this far apart, so more streams share each
     ping_interval_s: float = 20.0  # keepalive pings; a connection silent for 3 intervals is dropped
 
 
