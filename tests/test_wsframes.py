@@ -144,11 +144,7 @@ async def test_ping_is_answered_and_a_peer_close_is_echoed(make_server: Any) -> 
     assert op == OP_CLOSE and struct.unpack("!H", data[:2])[0] == 1000
     assert await asyncio.wait_for(reader.read(), 5) == b""  # then the server ends the TCP connection
     writer.close()
-    for _ in range(50):
-        if server.active == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert server.active == 0
+    await asyncio.wait_for(server.wait_idle(), 3)
 
 
 async def test_protocol_violation_fails_only_that_connection(make_server: Any, manifest: dict) -> None:
@@ -185,8 +181,4 @@ async def test_silent_peer_is_dropped_by_keepalive(make_server: Any) -> None:
         pings += op == OP_PING
     assert pings >= 2
     writer.close()
-    for _ in range(50):
-        if server.active == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert server.active == 0
+    await asyncio.wait_for(server.wait_idle(), 3)

@@ -82,6 +82,7 @@ class WsServer:
         self._keepalive_task: asyncio.Task[None] | None = None
         self.connections: set[WsConnection] = set()
         self._idle = asyncio.Event()  # set whenever no call is open (drain waits on it)
+        self._idle.set()
 
     @property
     def ready(self) -> bool:
@@ -177,6 +178,10 @@ class WsServer:
         return Session(self.app, self.worker, session_id=f"s{next(self._ids)}", dialect=dialect.name,
                        metrics=self.metrics,
                        **{"config": self.config.session, **kwargs})  # a route may bring its own config
+
+    async def wait_idle(self) -> None:
+        """Return once no call is open (a session ends a moment after its connection)."""
+        await self._idle.wait()
 
     def session_ended(self) -> None:
         self.active -= 1
