@@ -45,19 +45,20 @@ class AudioHistory:
             self._start = keep_from
 
     def slice(self, start: int, end: int) -> np.ndarray:
-        """Samples [start, end), clipped to what is kept."""
+        """Samples [start, end), clipped to what is kept; one concatenate, not a loop of copies."""
         start = max(start, self._start)
         end = min(end, self.total)
         if end <= start:
             return np.empty(0, dtype=np.int16)
-        out = np.empty(end - start, dtype=np.int16)
-        pos, filled = self._start, 0
+        picked: list[np.ndarray] = []
+        pos, first = self._start, -1  # first: absolute position of picked[0]
         for chunk in self._chunks:
-            lo, hi = max(start, pos), min(end, pos + chunk.size)
-            if lo < hi:
-                out[filled:filled + hi - lo] = chunk[lo - pos:hi - pos]
-                filled += hi - lo
-            pos += chunk.size
+            following = pos + chunk.size
+            if following > start:
+                if first < 0:
+                    first = pos
+                picked.append(chunk)
+            pos = following
             if pos >= end:
                 break
-        return out
+        return np.concatenate(picked)[start - first:end - first]
