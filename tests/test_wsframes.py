@@ -182,3 +182,26 @@ async def test_silent_peer_is_dropped_by_keepalive(make_server: Any) -> None:
     assert pings >= 2
     writer.close()
     await asyncio.wait_for(server.wait_idle(), 3)
+
+
+async def test_a_client_faster_than_inference_is_paused_and_loses_nothing(make_server: Any, manifest: dict) -> None:
+    """25 s of audio sent at once: the transport stops reading while the VAD buffer is full (TCP
+    pushes back on the client), resumes as inference catches up, and every sample and turn arrives."""
+    server = await make_server(ReplyOnPause(fn=echo))
+    name = "dialog_02.flac"
+    audio = load_corpus(name).tobytes()
+    async with connect(f"ws://127.0.0.1:{server.port}/ws", compression=None, max_queue=None) as ws:
+        for i in range(0, len(audio), 640):
+            await ws.send(audio[i:i + 640])
+        await ws.send(json.dumps({"event": "stop"}))  # end the last turn, then close
+        pauses = 0
+        try:
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 30)
+                pauses += isinstance(msg, str) and json.loads(msg).get("data") == "pause_detected"
+        except Exception:  # the server closes after the stop
+            pass
+    await asyncio.wait_for(server.wait_idle(), 5)
+    assert server.metrics.counters["input_waits"] > 0  # backpressure really engaged
+    assert server.metrics.counters["audio_samples_in"] == len(audio) // 2
+    assert pauses == len(manifest["files"][name]["turns"])
