@@ -196,34 +196,41 @@ class VadEngine:
 
     def _run_rate(self, bank: _Bank, batch: Sequence[tuple[VadStream, np.ndarray]], members: list[int],
                   results: list[tuple[np.ndarray, np.ndarray]], with_levels: bool) -> None:
-        counts = np.array([len(batch[i][1]) for i in members])
-        slots_all = np.array([batch[i][0].slot for i in members])
-        steps = int(counts.max())
-        probs_all = np.zeros((len(members), steps), dtype=np.float32)
-        levels_all = np.zeros((len(members), steps, LEVEL_PARTS), dtype=np.float32) if with_levels else None
+        n_members = len(members)
+        counts = [len(batch[i][1]) for i in members]
+        slots_all = np.fromiter((batch[i][0].slot for i in members), dtype=np.intp, count=n_members)
+        steps = max(counts)
         ctx, win = bank.ctx, bank.window
-        uniform = bool((counts == steps).all())
-        stacked = np.stack([batch[i][1] for i in members]) if uniform else None  # [B, steps, window]
-        scale_int16 = batch[members[0]][1].dtype == np.int16  # windows come as int16 from VadStream
+        if min(counts) == steps:  # the usual case: every stream has as many windows
+            stacked = np.stack([batch[i][1] for i in members])  # [B, steps, window]
+        else:
+            stacked = np.zeros((n_members, steps, win), dtype=batch[members[0]][1].dtype)
+            for j, i in enumerate(members):
+                stacked[j, :counts[j]] = batch[i][1]
+        scale = np.float32(1 / 32768) if stacked.dtype == np.int16 else None  # VadStream gives int16
+        probs_all = np.zeros((n_members, steps), dtype=np.float32)
+        levels_all = None
+        if with_levels:  # one pass over the whole batch (padding rows included; they are never read)
+            levels_all = levels_db(stacked.reshape(-1, win), LEVEL_PARTS).reshape(n_members, steps, LEVEL_PARTS)
         for step in range(steps):
-            active = np.arange(len(members)) if uniform else np.flatnonzero(counts > step)
-            slots = slots_all[active]
-            x = np.empty((active.size, ctx + win), dtype=np.float32)
-            x[:, :ctx] = bank.context[slots]
-            if stacked is not None:
-                x[:, ctx:] = stacked[:, step]
+            if step < counts[-1] and all(c > step for c in counts):
+                active: slice | np.ndarray = slice(None)
+                slots = slots_all
             else:
-                x[:, ctx:] = np.stack([batch[members[a]][1][step] for a in active])
-            if scale_int16:
-                x[:, ctx:] *= np.float32(1 / 32768)
+                active = np.flatnonzero(np.asarray(counts) > step)
+                slots = slots_all[active]
+            x = np.empty((len(slots), ctx + win), dtype=np.float32)
+            x[:, :ctx] = bank.context[slots]
+            x[:, ctx:] = stacked[active, step]
+            if scale is not None:
+                x[:, ctx:] *= scale
             probs, state = self.model(x, bank.state[:, slots], bank.rate)
             bank.state[:, slots] = state
             bank.context[slots] = x[:, -ctx:]
             probs_all[active, step] = probs
-            if levels_all is not None:
-                levels_all[active, step] = levels_db(x[:, ctx:], LEVEL_PARTS)
             self.stats.calls += 1
-            self.stats.windows += active.size
+            self.stats.windows += len(slots)
+        none = probs_all[0, :0]
         for j, i in enumerate(members):
             n = counts[j]
-            results[i] = (probs_all[j, :n], levels_all[j, :n] if levels_all is not None else probs_all[j, :0])
+            results[i] = (probs_all[j, :n], levels_all[j, :n] if levels_all is not None else none)
