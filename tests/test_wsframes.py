@@ -205,3 +205,43 @@ async def test_a_client_faster_than_inference_is_paused_and_loses_nothing(make_s
     assert server.metrics.counters["input_waits"] > 0  # backpressure really engaged
     assert server.metrics.counters["audio_samples_in"] == len(audio) // 2
     assert pauses == len(manifest["files"][name]["turns"])
+
+
+def test_fragment_flood_is_bounded_and_nothing_follows_a_close() -> None:
+    parser = FrameParser(1000)
+    events = parser.feed(client_frame(OP_BINARY, b"", fin=False) + client_frame(OP_CONT, b"", fin=False) * 200)
+    assert events == [Violation(1009, "message over the 1000-byte limit")]  # empty fragments are not free
+    parser = FrameParser(1000)
+    huge = bytes((0x82, 0x80 | 127)) + struct.pack("!Q", 1 << 63) + b"mask"
+    assert parser.feed(huge)[0].code == 1002
+    parser = FrameParser(1000)
+    events = parser.feed(client_frame(OP_CLOSE, close_payload(1000)) + client_frame(OP_BINARY, b"late"))
+    assert events == [CloseFrame(1000, "")]
+
+
+async def test_server_close_while_a_stream_is_paused_completes_promptly(make_server: Any) -> None:
+    """aclose (1001) reaches a connection whose reading is paused for backpressure, and its
+    close frame is read: the closing handshake does not wait out the 5 s timeout."""
+    server = await make_server(ReplyOnPause(fn=echo))
+    reader, writer = await raw_open(server.port)
+    noise = load_corpus("dialog_01.flac")[:16000 * 20].tobytes()
+    writer.write(b"".join(client_frame(OP_BINARY, noise[i:i + 640]) for i in range(0, len(noise), 640)))
+    for _ in range(100):  # until the transport has paused this stream
+        if any(c.paused for c in server.connections):
+            break
+        await asyncio.sleep(0.02)
+    assert any(c.paused for c in server.connections)
+
+    async def answer_close() -> None:
+        while True:
+            op, _ = await read_frame(reader)
+            if op == OP_CLOSE:
+                writer.write(client_frame(OP_CLOSE, close_payload(1001)))
+                return
+
+    answering = asyncio.create_task(answer_close())
+    started = asyncio.get_running_loop().time()
+    await server.aclose()
+    assert asyncio.get_running_loop().time() - started < 3.0
+    await asyncio.wait_for(answering, 1)
+    writer.close()

@@ -158,6 +158,9 @@ class WsServer:
             await asyncio.sleep(interval)
             now = loop.time()
             for conn in list(self.connections):
+                if conn.paused:  # we are not reading it (backpressure): it is not the one that is silent
+                    conn.last_seen = now
+                    continue
                 if conn.state != "open":
                     continue
                 if now - conn.last_seen > 3 * interval:

@@ -74,6 +74,7 @@ class WsConnection(asyncio.Protocol):
         self._writable.set()
         self._out: list[bytes] = []  # frames waiting for this loop turn's flush
         self._audio_bytes: Callable[[bytes], bytes] | None = None
+        self._pending_pong: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -103,6 +104,9 @@ class WsConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._pending_pong is not None:
+            self._write(OP_PONG, self._pending_pong)
+            self._pending_pong = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = "closed"
@@ -155,7 +159,7 @@ class WsConnection(asyncio.Protocol):
         self.request = request
         self.state = "open"
         self._open(request)
-        if rest and self.state == "open":
+        if rest and self.state != "closed":  # (a refused stream is "closing": its close is still read)
             self._frames(rest)
 
     def _flush_handshake(self) -> None:
@@ -196,7 +200,10 @@ class WsConnection(asyncio.Protocol):
                 if self.state == "open" and self.session is not None:
                     self._message(event.data)
             elif isinstance(event, Ping):
-                self._write(OP_PONG, event.payload)
+                if self._writable.is_set():
+                    self._write(OP_PONG, event.payload)
+                else:  # a client that pings but does not read gets one pong, for its latest ping
+                    self._pending_pong = event.payload
             elif isinstance(event, CloseFrame):
                 self._peer_closed(event)
             elif isinstance(event, Violation):  # fail the connection: close frame, then end TCP at once
@@ -211,8 +218,9 @@ class WsConnection(asyncio.Protocol):
         assert self.session is not None and self.dialect is not None
         session = self.session
         if self._audio_bytes is not None and type(message) is bytes and self._backlog is None:
-            if not session.offer_audio(self._audio_bytes(message)):
-                self._pause([AudioIn(message)])
+            data = self._audio_bytes(message)
+            if not session.offer_audio(data):
+                self._pause([AudioIn(data)])
             return
         try:
             events = self.dialect.parse(message)
@@ -241,11 +249,17 @@ class WsConnection(asyncio.Protocol):
     async def _drain_backlog(self) -> None:
         assert self.session is not None and self._backlog is not None
         backlog, session = self._backlog, self.session
-        while backlog:
-            if session.offer(backlog[0]):
-                backlog.popleft()
-            else:
-                await session.wait_vad_room()
+        try:
+            while backlog:
+                if session.offer(backlog[0]):
+                    backlog.popleft()
+                else:
+                    await session.wait_vad_room()
+        except Exception:
+            log.exception("session failed on input; closing the connection")
+            self._drainer = None
+            self.close(1011, "internal error")
+            return
         self._backlog = None
         self._drainer = None
         if self.state == "open" and self.transport is not None:
@@ -256,9 +270,13 @@ class WsConnection(asyncio.Protocol):
             self._write(OP_CLOSE, b"" if frame.code == 1005 else close_payload(frame.code))
         self.close_code = frame.code
         self.state = "closing"
+        self._stop_backlog()
+        if self.session is not None:
+            self.session.emit(Close(frame.code if frame.code != 1005 else 1000, "peer closed"))
         self._flush()
         assert self.transport is not None
-        self.transport.close()
+        self.transport.close()  # waits for our buffer to drain: bounded by the timer below
+        self._arm_timer(CLOSE_TIMEOUT_S)
 
     # ---- outbound --------------------------------------------------------------
 
@@ -294,7 +312,27 @@ class WsConnection(asyncio.Protocol):
         self._write(OP_CLOSE, close_payload(code, reason))
         self.state = "closing"
         self.close_code = code
-        self._timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._abort)
+        self._stop_backlog()  # and read again, or the peer's close frame would never be seen
+        self._arm_timer(CLOSE_TIMEOUT_S)
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(seconds, self._abort)
+
+    def _stop_backlog(self) -> None:
+        if self._backlog is not None:
+            self._backlog = None
+            if self._drainer is not None:
+                self._drainer.cancel()
+                self._drainer = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    @property
+    def paused(self) -> bool:
+        """Reading is paused for backpressure (the peer is not silent, we are not listening)."""
+        return self._backlog is not None
 
     def _abort(self) -> None:
         if self.transport is not None:

@@ -22,6 +22,7 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 _DATA = (OP_CONT, OP_TEXT, OP_BINARY)
 _CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
 _PLAIN = frozenset({OP_TEXT, OP_BINARY})  # opcodes that need no check beyond the size
+FRAME_COST = 16  # bytes each fragment counts against max_size beyond its payload
 
 # Close codes an endpoint may send (RFC 6455 7.4, and the 3000-4999 ranges for applications).
 _VALID_CLOSE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
@@ -69,9 +70,9 @@ class FrameParser:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buf = bytearray()
-        self._fragments: list[bytes] = []
+        self._fragments: bytearray | None = None  # the message being reassembled, if any
         self._fragment_op = 0
-        self._fragment_size = 0
+        self._fragment_size = 0  # payload plus FRAME_COST per fragment, against max_size
         self.failed = False
 
     def feed(self, data: bytes) -> list[Event]:
@@ -109,13 +110,13 @@ class FrameParser:
                 break
             payload = apply_mask(buf[start:start + length], buf[head:start])
             pos = start + length
-            if opcode == OP_BINARY and b0 & 0x80 and not self._fragments:
+            if opcode == OP_BINARY and b0 & 0x80 and self._fragments is None:
                 events.append(Message(payload))  # the hot path: a whole binary message
                 continue
             event = self._frame(b0 & 0x80, opcode, payload)
             if event is not None:
                 events.append(event)
-                if isinstance(event, Violation):
+                if isinstance(event, Violation | CloseFrame):  # nothing may follow either
                     self.failed = True
                     break
         if pos == end:
@@ -125,6 +126,8 @@ class FrameParser:
         return events
 
     def _check(self, b0: int, b1: int, opcode: int, length: int) -> Violation | None:
+        if length >> 63:
+            return Violation(1002, "frame length has its most significant bit set")
         if b0 & 0x70:
             return Violation(1002, "reserved bits must be 0 (no extension was negotiated)")
         if not b1 & 0x80:
@@ -146,20 +149,21 @@ class FrameParser:
         if opcode == OP_CLOSE:
             return _close(payload)
         if opcode == OP_CONT:
-            if not self._fragments:
+            if self._fragments is None:
                 return Violation(1002, "continuation frame without a message to continue")
-        elif self._fragments:
+        elif self._fragments is not None:
             return Violation(1002, "a new message began before the fragmented one ended")
         else:
             if fin:
                 return _message(opcode, payload)
             self._fragment_op = opcode
-        self._fragments.append(payload)
-        self._fragment_size += len(payload)
+            self._fragments = bytearray()
+        self._fragments += payload
+        self._fragment_size += len(payload) + FRAME_COST  # so that empty fragments cannot pile up for free
         if not fin:
             return None
-        whole = b"".join(self._fragments)
-        self._fragments, self._fragment_size = [], 0
+        whole = bytes(self._fragments)
+        self._fragments, self._fragment_size = None, 0
         return _message(self._fragment_op, whole)
 
 
