@@ -7,9 +7,10 @@ backpressure (inference behind) suspends anything: reading pauses and one task
 waits for room. The HTTP handshake (and plain GETs) is websockets' sans-I/O
 ``ServerProtocol``; after the 101 the connection speaks ``wsstream.wsframes``.
 
-Each connection owns at most three tasks, all ended on close: the writer
-(session output to the socket), the backlog drainer while reading is paused,
-and nothing else; timers cover the handshake and the closing handshake.
+Each connection owns at most two tasks, both ended on close: the writer (the
+session's output that could not be written at once, and its Close) and the
+backlog drainer while reading is paused; one timer covers the handshake, then
+the closing handshake.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class WsConnection(asyncio.Protocol):
         self._audio_bytes = getattr(dialect, "audio_bytes", None)  # dialects whose binary messages are audio
         self.session = server.new_session(dialect, kwargs)
         self.session.sink = self._sink
-        self._writer = self._loop.create_task(self._run(self.session, dialect))
+        self._writer = self._loop.create_task(self._run(self.session))
         self._writer.add_done_callback(self._finished)
 
     # ---- inbound ---------------------------------------------------------------
@@ -294,7 +295,7 @@ class WsConnection(asyncio.Protocol):
         out.clear()
 
     def send(self, message: str | bytes) -> None:
-        """Queue one message on the socket (no flow control: see ``_run`` for that)."""
+        """Queue one message on the socket (no flow control here: ``_sink`` and ``_run`` see to it)."""
         if self.state == "open":
             if isinstance(message, str):
                 self._write(OP_TEXT, message.encode())
@@ -357,7 +358,7 @@ class WsConnection(asyncio.Protocol):
         if message is not None:
             self.send(message)
 
-    async def _run(self, session: Session, dialect: Dialect) -> None:
+    async def _run(self, session: Session) -> None:
         """The writer: what the direct path could not take (the socket was full), in order, and the
         session's Close."""
         async with session:
