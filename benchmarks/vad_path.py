@@ -4,8 +4,8 @@
 
 N sessions (the real ``Session`` with the real inference worker and detector)
 each receive a corpus file as 20 ms pcm16 frames in real time (staggered), as
-the transport would hand them over; no reply audio is produced (the reply
-function does nothing), so the figure is the VAD path alone: decoding, history,
+the transport hands them over (``Session.offer_audio``); no reply audio is
+produced (the reply function does nothing), so the figure is the VAD path alone: decoding, history,
 VAD buffering, batched Silero inference, the detector and its events. The
 baseline in the same run is the same load with one model call per stream.
 """
@@ -65,7 +65,9 @@ async def run(model: SileroModel, streams: int, seconds: float, batched: bool,
             if tick < i * 100 // streams:  # staggered over the first 2 s
                 continue
             fr = frames[files[i % len(files)]]
-            await s.handle(AudioIn(fr[(tick - i * 100 // streams) % len(fr)]))
+            data = fr[(tick - i * 100 // streams) % len(fr)]
+            if not s.offer_audio(data):  # what the transport does with a binary frame
+                await s.handle(AudioIn(data))  # (inference behind: wait for room, as a paused reader would)
             sent += 1
         tick += 1
     await asyncio.sleep(0.1)
