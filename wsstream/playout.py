@@ -39,7 +39,9 @@ class FrameEncoder:
         self._pending = buf[cut:].copy()
         if n == 0:
             return []
-        return [encode(frame, self.fmt.encoding) for frame in buf[:cut].reshape(n, self.frame_samples)]
+        data = encode(buf[:cut], self.fmt.encoding)  # one encode for the chunk, then cut the bytes
+        size = len(data) // n
+        return [data[i:i + size] for i in range(0, len(data), size)]
 
     def flush(self, pad: bool = False) -> list[bytes]:
         """The last, partial frame (zero-padded to full length when ``pad``)."""
