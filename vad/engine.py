@@ -199,9 +199,10 @@ class VadEngine:
         n_members = len(members)
         counts = [len(batch[i][1]) for i in members]
         slots_all = np.fromiter((batch[i][0].slot for i in members), dtype=np.intp, count=n_members)
-        steps = max(counts)
+        steps, fewest = max(counts), min(counts)
+        counts_arr = np.asarray(counts)
         ctx, win = bank.ctx, bank.window
-        if min(counts) == steps:  # the usual case: every stream has as many windows
+        if fewest == steps:  # the usual case: every stream has as many windows
             stacked = np.stack([batch[i][1] for i in members])  # [B, steps, window]
         else:
             stacked = np.zeros((n_members, steps, win), dtype=batch[members[0]][1].dtype)
@@ -213,11 +214,11 @@ class VadEngine:
         if with_levels:  # one pass over the whole batch (padding rows included; they are never read)
             levels_all = levels_db(stacked.reshape(-1, win), LEVEL_PARTS).reshape(n_members, steps, LEVEL_PARTS)
         for step in range(steps):
-            if step < counts[-1] and all(c > step for c in counts):
+            if step < fewest:  # every stream still has a window at this step
                 active: slice | np.ndarray = slice(None)
                 slots = slots_all
             else:
-                active = np.flatnonzero(np.asarray(counts) > step)
+                active = np.flatnonzero(counts_arr > step)
                 slots = slots_all[active]
             x = np.empty((len(slots), ctx + win), dtype=np.float32)
             x[:, :ctx] = bank.context[slots]

@@ -54,7 +54,7 @@ class SileroModel:
 
     By default each rate runs as a restated graph (``vad.restated``): the same
     weights, read out of the ONNX file, with the convolutions written as large
-    MatMuls, 2.5x cheaper per window at batch 64 than the stock graph and equal
+    MatMuls, about 2.3x cheaper per window at batch 64 than the stock graph and equal
     to it within float rounding. ``graph="stock"`` runs the file as shipped (the
     baseline in benchmarks); a file whose weights cannot be found by name falls
     back to it, with a warning.
@@ -77,7 +77,6 @@ class SileroModel:
         def session(model: str | bytes) -> Any:
             return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
-        self._stock = session(str(self.path))
         self._srs = {rate: np.array(rate, dtype=np.int64) for rate in (8000, 16000)}
         self._restated: dict[int, Any] = {}
         if graph == "restated":
@@ -87,6 +86,8 @@ class SileroModel:
             except (ValueError, KeyError) as exc:
                 log.warning("VAD: cannot restate %s (%s); running the stock graph", self.path, exc)
         self.graph = "restated" if self._restated else "stock"
+        # the file as shipped, loaded only when some rate runs on it
+        self._stock = None if set(self._restated) >= set(GEOMETRY) else session(str(self.path))
 
     def __call__(self, x: np.ndarray, state: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
         """Run one step for a batch: x is [B, context + window], state [2, B, 128].
@@ -97,5 +98,6 @@ class SileroModel:
         if restated is not None:
             out, new_state = restated.run(None, {"input": x, "state": state})
         else:
+            assert self._stock is not None
             out, new_state = self._stock.run(None, {"input": x, "state": state, "sr": self._srs[sample_rate]})
         return out[:, 0], new_state
