@@ -48,6 +48,34 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool 
     return head + mask + apply_mask(payload, mask)
 
 
+def test_whole_binary_shortcut_agrees_with_feed() -> None:
+    """The transport's one-read shortcut takes exactly the frames ``feed`` would turn into one binary
+    message, and leaves everything else (partial, fragmented, unmasked, RSV, text, control, too
+    large, or with bytes already buffered) to ``feed``."""
+    for size in (0, 2, 125, 126, 640, 65535):
+        payload = os.urandom(size)
+        frame = client_frame(OP_BINARY, payload)
+        assert FrameParser(1 << 20).whole_binary(frame) == payload
+        assert FrameParser(1 << 20).feed(frame) == [Message(payload)]
+    audio = os.urandom(640)
+    declined = [
+        client_frame(OP_BINARY, audio)[:-1],  # partial
+        client_frame(OP_BINARY, audio) + client_frame(OP_PING, b""),  # two frames in one read
+        client_frame(OP_BINARY, audio, fin=False),  # first fragment
+        client_frame(OP_BINARY, audio, masked=False),
+        client_frame(OP_BINARY, audio, rsv=0x40),
+        client_frame(OP_TEXT, b"{}"),
+        client_frame(OP_PING, b"x"),
+        client_frame(OP_BINARY, os.urandom(70000)),  # 64-bit length
+    ]
+    for data in declined:
+        assert FrameParser(1 << 20).whole_binary(data) is None
+    assert FrameParser(639).whole_binary(client_frame(OP_BINARY, audio)) is None  # over max_size: feed says 1009
+    parser = FrameParser(1 << 20)
+    assert parser.feed(client_frame(OP_BINARY, audio)[:5]) == []
+    assert parser.whole_binary(client_frame(OP_BINARY, audio)) is None  # a frame is half read
+
+
 def test_binary_text_and_control_frames_in_any_split() -> None:
     audio = os.urandom(640)
     stream = (client_frame(OP_BINARY, audio) + client_frame(OP_TEXT, "héllo".encode())

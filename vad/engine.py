@@ -25,6 +25,7 @@ from vad.model import STATE_SIZE, SileroModel
 WINDOW = {16000: 512, 8000: 256}
 CONTEXT = {16000: 64, 8000: 32}
 LEVEL_PARTS = 4  # sub-windows per window for signal levels (8 ms at 16 kHz)
+_INT16 = np.dtype(np.int16)
 
 
 def vad_rate_for(sample_rate: int, narrowband: bool = False) -> int:
@@ -81,12 +82,7 @@ class VadStream:
 
             self._resampler = soxr.ResampleStream(sample_rate, self.rate, 1, dtype="float32", quality="HQ")
         self._buf = np.zeros(max(int(max_pending_s * self.rate), 4 * self.window), dtype=np.int16)
-        self._fill = 0
-
-    @property
-    def pending_samples(self) -> int:
-        """Model-rate samples waiting for inference (bounded by the buffer's size)."""
-        return self._fill
+        self.pending_samples = 0  # model-rate samples waiting for inference (read-only outside; bounded)
 
     @property
     def capacity(self) -> int:
@@ -103,17 +99,18 @@ class VadStream:
             if audio.dtype == np.int16:
                 audio = audio.astype(np.float32) * np.float32(1 / 32768)
             audio = self._resampler.resample_chunk(audio)
-        if audio.dtype != np.int16:
+        if audio.dtype is not _INT16 and audio.dtype != _INT16:  # (the identity test is the usual case)
             audio = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
-        n = audio.size
-        if self._fill + n > self._buf.size:
+        fill = self.pending_samples
+        end = fill + audio.size
+        if end > self._buf.size:
             raise OverflowError(f"VAD input buffer full ({self._buf.size} samples pending)")
-        self._buf[self._fill:self._fill + n] = audio
-        self._fill += n
+        self._buf[fill:end] = audio
+        self.pending_samples = end
 
     def take_windows(self, limit: int | None = None) -> np.ndarray:
         """Remove and return the whole windows ready for inference, as [n, window] int16."""
-        n = self._fill // self.window
+        n = self.pending_samples // self.window
         if limit is not None:
             n = min(n, limit)
         if n == 0:
@@ -121,9 +118,9 @@ class VadStream:
         used = n * self.window
         self.windows_taken += n
         windows = self._buf[:used].reshape(n, self.window).copy()
-        rest = self._fill - used
-        self._buf[:rest] = self._buf[used:self._fill]
-        self._fill = rest
+        rest = self.pending_samples - used
+        self._buf[:rest] = self._buf[used:self.pending_samples]
+        self.pending_samples = rest
         return windows
 
     def close(self) -> None:
@@ -131,7 +128,7 @@ class VadStream:
         if not self.closed:
             self.closed = True
             self._buf = np.zeros(0, dtype=np.int16)  # the memory goes now; the slot at the next batch
-            self._fill = 0
+            self.pending_samples = 0
             self.engine._closing.append(self)
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import logging
 import os
@@ -86,6 +87,11 @@ async def _serve(args: argparse.Namespace) -> None:
     server = WsServer(build_app(args), config)
     server.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
     await server.start()
+    # Everything loaded so far (modules, the model) lives as long as the process: out of the
+    # collector's sight, a full collection under load scans only the sessions' objects (a 24 ms
+    # stall of every stream at 200 streams without this, measured).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

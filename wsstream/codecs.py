@@ -16,6 +16,8 @@ import numpy as np
 ENCODINGS = ("pcm16", "mulaw", "alaw", "float32")
 BYTES_PER_SAMPLE = {"pcm16": 2, "mulaw": 1, "alaw": 1, "float32": 4}
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the wire is little-endian; so is every CPU we run on
+_PCM16 = np.dtype("<i2")  # (a dtype object, passed positionally: numpy parses a dtype= keyword per call)
+_BYTE = np.dtype(np.uint8)
 MIN_RATE, MAX_RATE = 8000, 48000
 
 
@@ -102,12 +104,12 @@ def decode(data: bytes | bytearray | memoryview, encoding: str) -> np.ndarray:
         raise FormatError(f"{encoding} audio must be a whole number of {width}-byte samples, "
                           f"got {len(data)} bytes")
     if encoding == "pcm16":
-        samples = np.frombuffer(data, dtype=np.int16)
-        return samples if _LITTLE_ENDIAN else samples.byteswap()
+        samples = np.frombuffer(data, _PCM16)
+        return samples if _LITTLE_ENDIAN else samples.astype(np.int16)
     if encoding == "mulaw":
-        return ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+        return ULAW_DECODE[np.frombuffer(data, _BYTE)]
     if encoding == "alaw":
-        return ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+        return ALAW_DECODE[np.frombuffer(data, _BYTE)]
     samples = np.frombuffer(data, dtype="<f4")
     if not np.isfinite(samples).all():
         raise FormatError("float32 audio contains NaN or infinity")

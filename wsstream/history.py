@@ -29,7 +29,7 @@ class AudioHistory:
         if samples.size:
             self._chunks.append(samples)
             self.total += samples.size
-            if self.kept > self.max_samples:
+            if self.total - self._start > self.max_samples:  # (kept, without the property call)
                 before = self._start
                 self.trim(self.total - self.max_samples, exact=True)
                 self.dropped += self._start - before

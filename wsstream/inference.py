@@ -49,7 +49,8 @@ class InferenceWorker:
 
     def notify(self, client: VadClient) -> None:
         """The client has pushed audio; its windows join the next batch."""
-        if client.vad.pending_samples >= client.vad.window:
+        vad = client.vad
+        if vad.pending_samples >= vad.window:
             self._ready[id(client)] = client
             self._wake.set()
 

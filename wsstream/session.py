@@ -144,6 +144,7 @@ class Session:
         self._max_message_samples = self.config.max_message_s * fmt.sample_rate
         self._vad_ratio = self.vad.rate / fmt.sample_rate
         self._vad_high_water = self.vad.capacity * self.config.vad_high_water
+        self._vad_room = self._vad_high_water - self.vad.window  # pending + incoming beyond this must wait
         self._history_margin = int(self.options.prefix_padding_ms * self.vad.rate / 1000) + self.vad.window
 
     def start(self) -> None:
@@ -295,7 +296,7 @@ class Session:
         vad = self.vad
         pending = vad.pending_samples
         # (only while the worker has whole windows to take: with less pending, waiting would never end)
-        if pending >= vad.window and pending + n * self._vad_ratio + vad.window > self._vad_high_water:
+        if pending + n * self._vad_ratio > self._vad_room and pending >= vad.window:
             self._vad_drained.clear()  # inference is behind: the client waits (TCP backpressure)
             self.metrics.inc("input_waits")
             return False
@@ -305,7 +306,8 @@ class Session:
         self.history.append(pcm)
         vad.push(pcm)
         self.samples_in += n
-        self.worker.notify(self)
+        if vad.pending_samples >= vad.window:
+            self.worker.notify(self)
         return True
 
     def _maybe_startup(self) -> None:

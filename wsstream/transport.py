@@ -92,6 +92,13 @@ class WsConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._loop.time()
+        if self._audio_bytes is not None and self._backlog is None and self.state == "open":
+            payload = self._parser.whole_binary(data)
+            if payload is not None:  # the hot path: one read, one binary audio message
+                audio = self._audio_bytes(payload)
+                if not self.session.offer_audio(audio):  # type: ignore[union-attr]
+                    self._pause([AudioIn(audio)])
+                return
         if self.state == "handshake":
             self._handshake_data(data)
         elif self.state != "closed":

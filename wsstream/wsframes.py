@@ -75,6 +75,24 @@ class FrameParser:
         self._fragment_size = 0  # payload plus FRAME_COST per fragment, against max_size
         self.failed = False
 
+    def whole_binary(self, data: bytes) -> bytes | None:
+        """The unmasked payload when ``data`` is exactly one whole, final, masked binary frame (no
+        RSV bits, a 7- or 16-bit length, within ``max_size``) and nothing is buffered; else None, and
+        ``feed`` takes ``data``. One read per 20 ms audio frame is the usual case, and this is its
+        shortcut: the same checks as ``feed``, without the event list and the loop."""
+        if self._buf or self._fragments is not None or self.failed or len(data) < 6 or data[0] != 0x82:
+            return None
+        length = data[1] ^ 0x80  # the mask bit must be set: unset, this is >= 128 and fails below
+        head = 2
+        if length == 126:
+            length = data[2] << 8 | data[3]
+            head = 4
+        elif length > 126:
+            return None
+        if len(data) != head + 4 + length or length > self.max_size:
+            return None
+        return apply_mask(data[head + 4:], data[head:head + 4])
+
     def feed(self, data: bytes) -> list[Event]:
         if self.failed:
             return []
