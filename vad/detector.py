@@ -157,7 +157,7 @@ class PauseDetector:
         events: list[DetectorEvent] = []
         opts = self.options
         thr, neg = opts.threshold, opts.negative
-        level_rows = None if levels is None else np.asarray(levels, dtype=np.float64).tolist()  # plain floats:
+        level_rows = None if levels is None else np.asarray(levels).tolist()  # plain floats (exact from float32):
         # a handful of sub-window levels per window is cheaper in Python than in per-window numpy calls
         for k, p in enumerate(np.asarray(probs, dtype=np.float32).tolist()):
             start = self.position

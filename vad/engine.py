@@ -83,6 +83,7 @@ class VadStream:
             self._resampler = soxr.ResampleStream(sample_rate, self.rate, 1, dtype="float32", quality="HQ")
         self._buf = np.zeros(max(int(max_pending_s * self.rate), 4 * self.window), dtype=np.int16)
         self.pending_samples = 0  # model-rate samples waiting for inference (read-only outside; bounded)
+        self._read = 0  # where they start in _buf
 
     @property
     def capacity(self) -> int:
@@ -101,12 +102,23 @@ class VadStream:
             audio = self._resampler.resample_chunk(audio)
         if audio.dtype is not _INT16 and audio.dtype != _INT16:  # (the identity test is the usual case)
             audio = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
-        fill = self.pending_samples
-        end = fill + audio.size
-        if end > self._buf.size:
-            raise OverflowError(f"VAD input buffer full ({self._buf.size} samples pending)")
-        self._buf[fill:end] = audio
-        self.pending_samples = end
+        n = audio.size
+        start = self._read + self.pending_samples
+        if start + n > self._buf.size:
+            self._compact()
+            start = self.pending_samples
+            if start + n > self._buf.size:
+                raise OverflowError(f"VAD input buffer full ({self._buf.size} samples pending)")
+        self._buf[start:start + n] = audio
+        self.pending_samples += n
+
+    def _compact(self) -> None:
+        """Move the pending samples to the front. Taking windows only advances a read position, so
+        this copy happens once per buffer's worth of audio, not at every take."""
+        read, pending = self._read, self.pending_samples
+        if read:
+            self._buf[:pending] = self._buf[read:read + pending]
+            self._read = 0
 
     def take_windows(self, limit: int | None = None) -> np.ndarray:
         """Remove and return the whole windows ready for inference, as [n, window] int16."""
@@ -116,11 +128,11 @@ class VadStream:
         if n == 0:
             return np.empty((0, self.window), dtype=np.int16)
         used = n * self.window
+        read = self._read
         self.windows_taken += n
-        windows = self._buf[:used].reshape(n, self.window).copy()
-        rest = self.pending_samples - used
-        self._buf[:rest] = self._buf[used:self.pending_samples]
-        self.pending_samples = rest
+        windows = self._buf[read:read + used].reshape(n, self.window).copy()
+        self.pending_samples -= used
+        self._read = read + used if self.pending_samples else 0
         return windows
 
     def close(self) -> None:
@@ -128,7 +140,7 @@ class VadStream:
         if not self.closed:
             self.closed = True
             self._buf = np.zeros(0, dtype=np.int16)  # the memory goes now; the slot at the next batch
-            self.pending_samples = 0
+            self.pending_samples = self._read = 0
             self.engine._closing.append(self)
 
 
