@@ -151,16 +151,16 @@ async def test_sessions_are_cleaned_up(make_server, manifest: dict) -> None:
     await asyncio.sleep(0.1)
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     names = [t.get_coro().__qualname__ for t in tasks]
-    assert not [n for n in names if n.startswith("Session.")], names
+    assert not [n for n in names if n.startswith("StreamRunner.")], names
 
 
 async def test_barge_in_clears_a_reply_sent_in_full_but_not_yet_played(make_server, manifest: dict) -> None:
     """A client that echoes marks has not heard a reply until it echoes its mark: speech before
     that still clears it. Speech after the echo does not."""
-    from wsstream.session import SessionConfig
+    from wsstream.config import StreamConfig
 
     # a 10 s lead: every reply goes out at once, as to a client with a deep playback buffer
-    server = await make_server(ReplyOnPause(fn=echo), session=SessionConfig(lead_ms=10000))
+    server = await make_server(ReplyOnPause(fn=echo), stream=StreamConfig(lead_ms=10000))
     name = "dialog_01.flac"
     async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
         await conv.send_audio(turn_audio(manifest, name, 0))

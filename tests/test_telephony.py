@@ -416,7 +416,7 @@ async def test_stop_hangs_up_cancels_the_reply_and_leaves_nothing_running(make_s
     assert server.active == 0
     assert state == {"cancelled": True, "finished": False}
     leftovers = [t for t in asyncio.all_tasks()
-                 if getattr(t.get_coro(), "__qualname__", "").startswith("Session.")]
+                 if getattr(t.get_coro(), "__qualname__", "").startswith("StreamRunner.")]
     assert leftovers == [], leftovers
 
 

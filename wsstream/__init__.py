@@ -1,15 +1,40 @@
-"""wsstream: a WebSocket voice server with streaming Silero VAD and pause detection."""
+"""wsstream: a WebSocket voice server with streaming Silero VAD and pause detection.
+
+The public API, for apps that run us (``serve``), embed our endpoints in their
+own ASGI app (``Hub`` with ``wsstream.asgi``), or steer streams from their own
+code (``Hub``'s control methods and hooks).
+"""
 
 from vad.detector import DetectorOptions
-from wsstream.codecs import AudioFormat
+from wsstream.codecs import AudioFormat, FormatError
+from wsstream.config import ServerConfig, StreamConfig, tune_process
+from wsstream.core import ReplyState, StreamState
+from wsstream.dialects import ProtocolError
+from wsstream.hub import HOOKS, Hub, StreamRefused, UnknownStream
 from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, current_context
+from wsstream.runner import StreamInfo
+from wsstream.server import WsServer, serve
 
 __all__ = [
+    "HOOKS",
     "AdditionalOutputs",
     "AudioFormat",
     "CloseStream",
     "DetectorOptions",
+    "FormatError",
+    "Hub",
+    "ProtocolError",
     "ReplyContext",
     "ReplyOnPause",
+    "ReplyState",
+    "ServerConfig",
+    "StreamConfig",
+    "StreamInfo",
+    "StreamRefused",
+    "StreamState",
+    "UnknownStream",
+    "WsServer",
     "current_context",
+    "serve",
+    "tune_process",
 ]

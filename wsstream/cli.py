@@ -6,20 +6,21 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
 from vad.detector import DetectorOptions
 from wsstream import workers
 from wsstream.codecs import ENCODINGS, AudioFormat
+from wsstream.config import ServerConfig, StreamConfig, tune_process
+from wsstream.hub import Hub
 from wsstream.reply import ReplyOnPause
-from wsstream.server import ServerConfig, WsServer
-from wsstream.session import SessionConfig
+from wsstream.server import WsServer
 
 DETECTOR_FLAGS = {
     "threshold": float, "neg_threshold": float, "min_speech_ms": float, "pause_ms": float,
@@ -45,20 +46,38 @@ def load_handler(spec: str) -> Any:
 
 
 def build_app(args: argparse.Namespace) -> ReplyOnPause:
+    """The handler with the command line's detector options: a new ReplyOnPause, the user's untouched."""
     target = load_handler(args.handler)
     app = target if isinstance(target, ReplyOnPause) else ReplyOnPause(fn=target)
     overrides = {name: getattr(args, name) for name in DETECTOR_FLAGS if getattr(args, name) is not None}
     if args.no_interrupt:
         overrides["can_interrupt"] = False
+    rates = {name: getattr(args, name) for name in ("input_sample_rate", "output_sample_rate")
+             if getattr(args, name)}
     try:
-        app.options = dataclasses.replace(app.options, **overrides)
+        return dataclasses.replace(app, options=dataclasses.replace(app.options, **overrides), **rates)
     except ValueError as exc:
-        raise SystemExit(f"invalid detector option: {exc}") from None
-    if args.input_sample_rate:
-        app.input_sample_rate = args.input_sample_rate
-    if args.output_sample_rate:
-        app.output_sample_rate = args.output_sample_rate
-    return app
+        raise SystemExit(f"invalid option: {exc}") from None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A flag per field of a config dataclass that has ``help`` in its metadata."""
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
+                            choices=f.metadata.get("choices"),
+                            help=f"{f.metadata['help']} (default {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, **fixed: Any) -> ServerConfig:
+    def values(cls: type) -> dict[str, Any]:
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
+    try:
+        stream = StreamConfig(**values(StreamConfig))
+        return ServerConfig(**{**values(ServerConfig), **fixed, "stream": stream})
+    except ValueError as exc:
+        raise SystemExit(f"invalid option: {exc}") from None
 
 
 def _run(main: Any, loop: str) -> None:
@@ -78,20 +97,15 @@ def _run(main: Any, loop: str) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     worker = args.worker_index is not None  # one of --workers N, started by wsstream.workers
-    config = ServerConfig(host=args.host, port=args.port, concurrency_limit=args.concurrency_limit,
-                          session=SessionConfig(lead_ms=args.lead_ms, narrowband_vad=args.vad_rate == 8000),
-                          reuse_port=worker, vad_batch_interval_ms=args.vad_batch_interval_ms)
-    # The inference thread hands batches to and from the loop thread; Python's default 5 ms GIL
-    # switch interval would add up to that much to every pause_detected when both are busy.
-    sys.setswitchinterval(0.0005)
-    server = WsServer(build_app(args), config)
+    config = config_from_args(args, reuse_port=worker)
+    app = build_app(args)
+    if args.driver == "asgi":
+        await _serve_asgi(app, config)
+        return
+    server = WsServer(app, config)
     server.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
     await server.start()
-    # Everything loaded so far (modules, the model) lives as long as the process: out of the
-    # collector's sight, a full collection under load scans only the sessions' objects (a 24 ms
-    # stall of every stream at 200 streams without this, measured).
-    gc.collect()
-    gc.freeze()
+    tune_process()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,9 +115,34 @@ async def _serve(args: argparse.Namespace) -> None:
         workers.watch_parent(args.parent_fd, stop.set)
         workers.announce_ready(args.ready_fd, args.worker_index, server.port)
     else:
-        print(f"wsstream: listening on ws://{args.host}:{server.port}/ws", flush=True)
+        print(f"wsstream: listening on ws://{config.host}:{server.port}/ws", flush=True)
     await stop.wait()
-    await server.drain(args.drain_s)
+    await server.drain(config.drain_s)
+
+
+async def _serve_asgi(app: ReplyOnPause, config: ServerConfig) -> None:
+    """The same endpoints through the ASGI driver, under uvicorn (``pip install wsstream[asgi]``)."""
+    try:
+        import uvicorn
+
+        from wsstream.asgi import create_app
+    except ImportError as exc:
+        raise SystemExit(f"--driver asgi needs the asgi extra (pip install 'wsstream[asgi]'): {exc}") from None
+    hub = Hub(app, config)
+    sock = socket.create_server((config.host, config.port), backlog=1024)
+    port = sock.getsockname()[1]
+    started = asyncio.Event()
+    asgi_app = create_app(hub, on_ready=started.set)
+    server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets",
+                                           ws_max_size=config.max_message_bytes,
+                                           ws_ping_interval=config.ping_interval_s,
+                                           ws_ping_timeout=3 * config.ping_interval_s))
+    async with asyncio.TaskGroup() as tasks:
+        serving = tasks.create_task(server.serve(sockets=[sock]))
+        await started.wait()
+        tune_process()
+        print(f"wsstream: listening on ws://{config.host}:{port}/ws (asgi)", flush=True)
+        await serving
 
 
 async def _client(args: argparse.Namespace) -> int:
@@ -131,37 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
-    s.add_argument("--port", type=int, default=8000)
+    add_config_flags(s, ServerConfig)
+    add_config_flags(s, StreamConfig)
+    s.add_argument("--driver", default="native", choices=("native", "asgi"),
+                   help="our lean transport (default), or the ASGI driver under uvicorn (the asgi extra)")
     s.add_argument("--handler", default="wsstream.echo:echo",
                    help="reply function or ReplyOnPause as module:attribute (default: the embedded echo)")
-    defaults = DetectorOptions()
+    defaults = DetectorOptions()  # (frozen; ReplyOnPause.options)
     for name, kind in DETECTOR_FLAGS.items():
         s.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help=f"pause detector option (default {getattr(defaults, name)})")
     s.add_argument("--no-interrupt", action="store_true", help="user speech does not stop a reply (no barge-in)")
-    s.add_argument("--concurrency-limit", type=int, default=500,
-                   help="most simultaneous streams in total (default 500); with --workers N each worker "
-                        "admits an equal share, the shares adding up to the limit")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port with SO_REUSEPORT, each with its own model (default 1)")
     for hidden in ("--worker-index", "--ready-fd", "--parent-fd"):  # set by the --workers supervisor
         s.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
-    s.add_argument("--lead-ms", type=float, default=SessionConfig.lead_ms,
-                   help="reply audio sent ahead of real time, at most")
     s.add_argument("--input-sample-rate", type=int, default=None,
                    help="input rate for fastrtc clients (default 48000)")
     s.add_argument("--output-sample-rate", type=int, default=None,
                    help="output rate for fastrtc clients (default 24000)")
-    s.add_argument("--vad-rate", type=int, default=16000, choices=(16000, 8000),
-                   help="rate Silero runs at for wideband streams: 8000 costs about a third less CPU "
-                        "(8 kHz streams always run at 8000)")
-    s.add_argument("--vad-batch-interval-ms", type=float, default=4.0,
-                   help="least time between batched model calls: longer batches more streams per call "
-                        "(less CPU), shorter answers sooner")
-    s.add_argument("--drain-s", type=float, default=0.0,
-                   help="on SIGTERM/SIGINT, stop listening and let calls in progress go on for up to this "
-                        "many seconds before closing them (default 0: close at once with 1001)")
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
                    help="event loop: uvloop when installed (auto), or force one")

@@ -1,7 +1,7 @@
-"""What flows into and out of a session, independent of any wire dialect.
+"""What flows into and out of a stream, independent of any wire dialect.
 
 Dialects (``wsstream.dialects``) translate wire messages to these inbound
-events and these outbound events to wire messages; the session sees only these.
+events and these outbound events to wire messages; the stream sees only these.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class AudioIn:
-    data: bytes  # in the session's input format
-    encoding: str | None = None  # overrides the input encoding (a dialect that knows better)
+    data: bytes  # in the stream's input format
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +59,17 @@ class Dtmf:
     digit: str
 
 
-InEvent = Start | AudioIn | SetInputs | Trigger | MarkPlayed | Ping | Stop | Dtmf
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something a dialect noticed that is not an error for the stream (an unknown event type, a bad
+    format it replaced): logged and counted by the core, so dialects stay free of side effects."""
+
+    message: str
+    metric: str = ""
+    level: int = 30  # logging.WARNING
+
+
+InEvent = Start | AudioIn | SetInputs | Trigger | MarkPlayed | Ping | Stop | Dtmf | Notice
 
 # ---- outbound ------------------------------------------------------------
 
@@ -79,7 +88,7 @@ class VadTrace:
 
 @dataclass(frozen=True, slots=True)
 class AudioOut:
-    data: bytes  # one frame in the session's output format
+    data: bytes  # one frame in the stream's output format
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +104,6 @@ class Clear:
 @dataclass(frozen=True, slots=True)
 class FetchOutput:
     data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class SendInput:
-    data: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,4 +127,12 @@ class Close:
     reason: str = ""
 
 
-OutEvent = Log | VadTrace | AudioOut | Mark | Clear | FetchOutput | SendInput | Error | Warning | Pong | Close
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The stream is not admitted (server full, draining): said in the dialect's words, then Close."""
+
+    error: str  # e.g. "concurrency_limit_reached"
+    limit: int = 0
+
+
+OutEvent = Log | VadTrace | AudioOut | Mark | Clear | FetchOutput | Error | Warning | Pong | Close | Refused

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from vad.detector import DetectorOptions
@@ -29,21 +31,22 @@ class AdditionalOutputs:
 
 
 class CloseStream:
-    """Yielded by a reply function to end the session once the reply has been sent."""
+    """Yielded by a reply function to end the stream once the reply has played; ``msg`` is the close reason."""
 
-    def __init__(self, msg: str = "Stream closed") -> None:
+    def __init__(self, msg: str = "reply function closed the stream") -> None:
         self.msg = msg
 
 
 ReplyFn = Callable[..., Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplyOnPause:
     """What the application gives the server: its reply function and how to detect turns.
 
     ``input_sample_rate`` / ``output_sample_rate`` apply to dialects whose wire
-    format does not carry a rate (fastrtc's ``/websocket/offer``).
+    format does not carry a rate (fastrtc's ``/websocket/offer``). Frozen: the
+    CLI or a host app derives a new one (``dataclasses.replace``), never edits yours.
     """
 
     fn: ReplyFn
@@ -52,24 +55,73 @@ class ReplyOnPause:
     input_sample_rate: int = 48000
     output_sample_rate: int = 24000
 
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"ReplyOnPause needs a callable reply function, got {type(self.fn).__name__}")
+        for name in ("input_sample_rate", "output_sample_rate"):
+            rate = getattr(self, name)
+            if not isinstance(rate, int) or not 8000 <= rate <= 48000:
+                raise ValueError(f"{name} must be an integer from 8000 to 48000, got {rate!r}")
+
 
 @dataclass
+class StreamFacts:
+    """What the core knows of its stream and shows to reply functions (mutable; the core's own)."""
+
+    session_id: str
+    dialect: str = "ws"
+    client_id: str | None = None
+    call: dict[str, Any] = field(default_factory=dict)
+    marks_sent: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+    marks_played: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+    dtmf: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+
+
 class ReplyContext:
     """What a reply function may want to know about its stream; see ``current_context()``.
 
-    ``marks_played`` lists the reply marks the client reported as played, so a
-    handler knows what the listener actually heard. ``call`` holds dialect
-    details (e.g. Twilio's streamSid, callSid, customParameters); ``dtmf`` the
-    digits received so far.
+    A live, read-only view: values are current when read, and user code cannot
+    change what barge-in relies on. ``marks_played`` lists the reply marks the
+    client reported as played, so a handler knows what the listener actually
+    heard. ``call`` holds dialect details (e.g. Twilio's streamSid, callSid,
+    customParameters); ``dtmf`` the digits received so far.
     """
 
-    session_id: str
-    client_id: str | None = None
-    dialect: str = "ws"
-    call: dict[str, Any] = field(default_factory=dict)
-    marks_sent: list[str] = field(default_factory=list)
-    marks_played: list[str] = field(default_factory=list)
-    dtmf: list[str] = field(default_factory=list)
+    __slots__ = ("_facts",)
+
+    def __init__(self, facts: StreamFacts) -> None:
+        self._facts = facts
+
+    @property
+    def session_id(self) -> str:
+        return self._facts.session_id
+
+    @property
+    def client_id(self) -> str | None:
+        return self._facts.client_id
+
+    @property
+    def dialect(self) -> str:
+        return self._facts.dialect
+
+    @property
+    def call(self) -> Mapping[str, Any]:
+        return MappingProxyType(self._facts.call)
+
+    @property
+    def marks_sent(self) -> tuple[str, ...]:
+        return tuple(self._facts.marks_sent)
+
+    @property
+    def marks_played(self) -> tuple[str, ...]:
+        return tuple(self._facts.marks_played)
+
+    @property
+    def dtmf(self) -> tuple[str, ...]:
+        return tuple(self._facts.dtmf)
+
+    def __repr__(self) -> str:
+        return f"ReplyContext(session_id={self.session_id!r}, dialect={self.dialect!r}, client_id={self.client_id!r})"
 
 
 _context: contextvars.ContextVar[ReplyContext] = contextvars.ContextVar("wsstream_reply_context")

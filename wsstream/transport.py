@@ -1,16 +1,18 @@
-"""One WebSocket connection as an ``asyncio.Protocol``: the lean I/O layer under a ``Session``.
+"""One WebSocket connection as an ``asyncio.Protocol``: the lean driver of a stream.
 
 Per-message cost is what bounds streams per core, so the hot path has no
 coroutines in it: bytes from the socket go through ``FrameParser`` and the
-dialect straight into ``Session.offer`` inside ``data_received``. Only
+dialect straight into the stream (``StreamRunner.offer``) inside ``data_received``. Only
 backpressure (inference behind) suspends anything: reading pauses and one task
 waits for room. The HTTP handshake (and plain GETs) is websockets' sans-I/O
 ``ServerProtocol``; after the 101 the connection speaks ``wsstream.wsframes``.
 
 Each connection owns at most two tasks, both ended on close: the writer (the
-session's output that could not be written at once, and its Close) and the
+stream's output that could not be written at once, and its Close) and the
 backlog drainer while reading is paused; one timer covers the handshake, then
-the closing handshake.
+the closing handshake, and one the keepalive pings. The connection knows its
+host only through ``Host``: the hub that opens streams, the HTTP answers, the
+set of open connections.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from wsstream.dialects import ProtocolError
-from wsstream.dialects.base import Dialect, dumps
+from wsstream.dialects import DIALECTS, ProtocolError
+from wsstream.dialects.base import Dialect
 from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
-from wsstream.session import Session
+from wsstream.hub import Hub, StreamRefused
+from wsstream.runner import StreamRunner, log_unsent
 from wsstream.wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -43,10 +46,7 @@ from wsstream.wsframes import (
     encode,
 )
 
-if TYPE_CHECKING:
-    from wsstream.server import WsServer
-
-log = logging.getLogger("wsstream.transport")
+log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 10.0  # to complete the HTTP handshake
 CLOSE_TIMEOUT_S = 5.0  # for the peer to answer our close frame
@@ -54,22 +54,36 @@ MAX_REQUEST_BYTES = 16384
 WRITE_HIGH_WATER = 256 * 1024
 
 
+class Host(Protocol):
+    """What a connection needs of the server that accepted it."""
+
+    hub: Hub
+    connections: set[WsConnection]
+
+    def process_request(self, request: Request) -> Response | None:
+        """The answer to a plain HTTP request, or None to go on with the WebSocket handshake."""
+        ...
+
+
 class WsConnection(asyncio.Protocol):
     """States: handshake -> open -> closing -> closed (explicit, in ``state``)."""
 
-    def __init__(self, server: WsServer) -> None:
-        self.server = server
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.hub = host.hub
         self.state = "handshake"
         self.transport: asyncio.Transport | None = None
         self.request: Request | None = None
-        self.session: Session | None = None
+        self.stream: StreamRunner | None = None
         self.dialect: Dialect | None = None
         self.last_seen = 0.0
         self.close_code: int | None = None
         self._loop = asyncio.get_running_loop()
-        self._handshake = ServerProtocol(max_size=server.config.max_message_bytes)
+        max_bytes = self.hub.config.max_message_bytes
+        self._handshake = ServerProtocol(max_size=max_bytes)
         self._request_buf = bytearray()
-        self._parser = FrameParser(server.config.max_message_bytes)
+        self._parser = FrameParser(max_bytes)
+        self._ping_timer: asyncio.TimerHandle | None = None
         self._backlog: collections.deque[InEvent] | None = None  # events held while reading is paused
         self._writable = asyncio.Event()
         self._writable.set()
@@ -79,7 +93,7 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self.done: asyncio.Future[None] = self._loop.create_future()  # closed, and its session ended
+        self.done: asyncio.Future[None] = self._loop.create_future()  # closed, and its stream ended
 
     # ---- asyncio.Protocol ------------------------------------------------------
 
@@ -87,7 +101,7 @@ class WsConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.last_seen = self._loop.time()
-        self.server.connections.add(self)
+        self.host.connections.add(self)
         self._timer = self._loop.call_later(OPEN_TIMEOUT_S, self._abort)
 
     def data_received(self, data: bytes) -> None:
@@ -96,7 +110,7 @@ class WsConnection(asyncio.Protocol):
             payload = self._parser.whole_binary(data)
             if payload is not None:  # the hot path: one read, one binary audio message
                 audio = self._audio_bytes(payload)
-                if not self.session.offer_audio(audio):  # type: ignore[union-attr]
+                if not self.stream.offer_audio(audio):  # type: ignore[union-attr]
                     self._pause([AudioIn(audio)])
                 return
         if self.state == "handshake":
@@ -119,14 +133,15 @@ class WsConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = "closed"
         self.close_code = self.close_code or 1006
-        self.server.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        self.host.connections.discard(self)
+        for timer in (self._timer, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
         self._writable.set()
         if self._drainer is not None:
             self._drainer.cancel()
-        if self.session is not None:
-            self.session.emit(Close(1006, "connection lost"))  # ends the writer, which ends the session
+        if self.stream is not None:
+            self.stream.connection_lost()  # ends the writer, which ends the stream
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -151,7 +166,7 @@ class WsConnection(asyncio.Protocol):
         request = events[0] if events and isinstance(events[0], Request) else None
         response = None
         if request is not None:
-            response = self.server.process_request(request)
+            response = self.host.process_request(request)
             if response is None:
                 response = hs.accept(request)
             hs.send_response(response)
@@ -177,35 +192,49 @@ class WsConnection(asyncio.Protocol):
                 self.transport.write(chunk)
 
     def _open(self, request: Request) -> None:
-        server = self.server
         path, _, query = request.path.partition("?")
-        route = server.routes[path]
-        if server.active >= server.config.concurrency_limit or server.draining:
-            server.metrics.inc("sessions_rejected")
-            self.send(dumps({"status": "failed", "meta": {"error": "concurrency_limit_reached",
-                                                           "limit": server.config.concurrency_limit}}))
-            self.close(1013, "concurrency limit reached")
-            return
+        dialect = self.dialect = DIALECTS[path]()
         try:
-            dialect, kwargs = route.make(server, query)
+            stream = self.hub.open_stream(dialect, query)
+        except StreamRefused as exc:
+            self._emit(exc.event)
+            self.close(exc.code, exc.reason)
+            return
         except ProtocolError as exc:
-            self.send(dumps({"type": "error", "data": str(exc)}))
+            self._emit(Error(str(exc)))
             self.close(exc.code, str(exc))
             return
-        assert server.worker is not None
-        self.dialect = dialect
-        self._audio_bytes = getattr(dialect, "audio_bytes", None)  # dialects whose binary messages are audio
-        self.session = server.new_session(dialect, kwargs)
-        self.session.sink = self._sink
-        self._writer = self._loop.create_task(self._run(self.session))
+        self.stream = stream
+        self._audio_bytes = dialect.audio if dialect.binary_audio else None
+        stream.sink = self._sink
+        self._writer = self._loop.create_task(self._run(stream))
         self._writer.add_done_callback(self._finished)
+        self._ping_timer = self._loop.call_later(self.hub.config.ping_interval_s, self._keepalive)
+
+    def _keepalive(self) -> None:
+        """Ping now and then; drop a peer that has sent nothing (not even a pong) for three intervals:
+        one that vanished without a FIN must not hold a stream forever."""
+        if self.state != "open":
+            return
+        interval = self.hub.config.ping_interval_s
+        now = self._loop.time()
+        if self.paused:  # we are not reading it (backpressure): it is not the one that is silent
+            self.last_seen = now
+        elif now - self.last_seen > 3 * interval:
+            log.info("dropping a connection silent for %.0f s", now - self.last_seen)
+            self.close_code = 1006
+            self._abort()
+            return
+        else:
+            self.ping()
+        self._ping_timer = self._loop.call_later(interval, self._keepalive)
 
     # ---- inbound ---------------------------------------------------------------
 
     def _frames(self, data: bytes) -> None:
         for event in self._parser.feed(data):
             if isinstance(event, Message):
-                if self.state == "open" and self.session is not None:
+                if self.state == "open" and self.stream is not None:
                     self._message(event.data)
             elif isinstance(event, Ping):
                 if self._writable.is_set():
@@ -215,7 +244,7 @@ class WsConnection(asyncio.Protocol):
             elif isinstance(event, CloseFrame):
                 self._peer_closed(event)
             elif isinstance(event, Violation):  # fail the connection: close frame, then end TCP at once
-                self.server.metrics.inc("protocol_errors")
+                self.hub.metrics.inc("protocol_errors")
                 self.close(event.code, event.reason)
                 self._flush()
                 assert self.transport is not None
@@ -223,27 +252,25 @@ class WsConnection(asyncio.Protocol):
             # a Pong only refreshes last_seen, done on every read
 
     def _message(self, message: str | bytes) -> None:
-        assert self.session is not None and self.dialect is not None
-        session = self.session
-        if self._audio_bytes is not None and type(message) is bytes and self._backlog is None:
-            data = self._audio_bytes(message)
-            if not session.offer_audio(data):
-                self._pause([AudioIn(data)])
-            return
-        try:
-            events = self.dialect.parse(message)
-        except ProtocolError as exc:
-            self.server.metrics.inc("protocol_errors")
-            session.emit(Error(str(exc)))
-            if exc.fatal:
-                session.emit(Close(exc.code, str(exc)[:120]))
-            return
+        assert self.stream is not None and self.dialect is not None
+        stream = self.stream
+        if self._audio_bytes is not None and type(message) is bytes:
+            events: list[InEvent] = [AudioIn(self._audio_bytes(message))]
+        else:
+            try:
+                events = self.dialect.parse(message)
+            except ProtocolError as exc:
+                self.hub.metrics.inc("protocol_errors")
+                stream.emit(Error(str(exc)))
+                if exc.fatal:
+                    stream.close(exc.code, str(exc)[:120])
+                return
         backlog = self._backlog
         if backlog is not None:  # reading is paused; what was already read waits its turn
             backlog.extend(events)
             return
         for i, event in enumerate(events):
-            if not session.offer(event):
+            if not stream.offer(event):
                 self._pause(events[i:])
                 return
 
@@ -255,16 +282,16 @@ class WsConnection(asyncio.Protocol):
         self._drainer = self._loop.create_task(self._drain_backlog())
 
     async def _drain_backlog(self) -> None:
-        assert self.session is not None and self._backlog is not None
-        backlog, session = self._backlog, self.session
+        assert self.stream is not None and self._backlog is not None
+        backlog, stream = self._backlog, self.stream
         try:
             while backlog:
-                if session.offer(backlog[0]):
+                if stream.offer(backlog[0]):
                     backlog.popleft()
                 else:
-                    await session.wait_vad_room()
+                    await stream.wait_vad_room()
         except Exception:
-            log.exception("session failed on input; closing the connection")
+            log.exception("stream failed on input; closing the connection")
             self._drainer = None
             self.close(1011, "internal error")
             return
@@ -279,8 +306,8 @@ class WsConnection(asyncio.Protocol):
         self.close_code = frame.code
         self.state = "closing"
         self._stop_backlog()
-        if self.session is not None:
-            self.session.emit(Close(frame.code if frame.code != 1005 else 1000, "peer closed"))
+        if self.stream is not None:
+            self.stream.close(frame.code if frame.code != 1005 else 1000, "peer closed")
         self._flush()
         assert self.transport is not None
         self.transport.close()  # waits for our buffer to drain: bounded by the timer below
@@ -347,7 +374,7 @@ class WsConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _sink(self, event: OutEvent) -> bool:
-        """The session's direct path: write ``event`` now if the socket can take it."""
+        """The stream's direct path: write ``event`` now if the socket can take it."""
         if not self._writable.is_set() or self.state != "open":
             return False
         self._emit(event)
@@ -357,29 +384,32 @@ class WsConnection(asyncio.Protocol):
         assert self.dialect is not None
         try:
             message = self.dialect.serialize(event)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
             log.warning("cannot send %s: %s", type(event).__name__, exc)
             message = self.dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
                                                    f"message: {exc}"))
         if message is not None:
             self.send(message)
+        elif self.stream is not None:
+            log_unsent(self.stream, event)
 
-    async def _run(self, session: Session) -> None:
+    async def _run(self, stream: StreamRunner) -> None:
         """The writer: what the direct path could not take (the socket was full), in order, and the
-        session's Close."""
-        async with session:
+        stream's Close; then the stream ends."""
+        try:
             while True:
-                event = await session.next_output()
+                event = await stream.next_output()
                 if isinstance(event, Close):
                     self.close(event.code, event.reason[:120])
                     return
                 self._emit(event)
                 if not self._writable.is_set():
                     await self._writable.wait()  # the client reads slowly: wait, the outbox is bounded
+        finally:
+            await self.hub.stream_ended(stream)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
-        self.server.session_ended()
         if not task.cancelled() and task.exception() is not None:
             log.error("connection writer failed", exc_info=task.exception())
             self.close(1011, "internal error")

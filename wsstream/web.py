@@ -26,8 +26,12 @@ CONTENT_TYPES = {
 }
 
 
-def _response(status: int, body: bytes, content_type: str) -> Response:
-    reason = {200: "OK", 404: "Not Found"}.get(status, "")
+REASONS = {200: "OK", 404: "Not Found", 426: "Upgrade Required", 503: "Service Unavailable"}
+
+
+def response(status: int, body: bytes, content_type: str) -> Response:
+    """Every plain HTTP answer of our server: one place for its headers."""
+    reason = REASONS.get(status, "")
     headers = Headers([
         ("Content-Type", content_type),
         ("Content-Length", str(len(body))),
@@ -52,7 +56,7 @@ def static_file(name: str, root: Path = STATIC) -> Response | None:
     if not path.is_relative_to(root.resolve()) or not path.is_file():
         return None
     content_type = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return _response(200, path.read_bytes(), content_type)
+    return response(200, path.read_bytes(), content_type)
 
 
 def index(request: Request) -> Response | None:

@@ -1,6 +1,14 @@
-"""Wire dialects: one small class per protocol, translating messages to and from session events."""
+"""Wire dialects: one small module per protocol, registered here by the path it is served on.
 
-from wsstream.dialects.base import Dialect, ProtocolError
+Adding a dialect is writing one module with a class that satisfies
+``wsstream.dialects.base.Dialect`` and adding it to ``DIALECTS``.
+"""
+
+from wsstream.dialects.base import Dialect, ProtocolError, StreamSetup
+from wsstream.dialects.fastrtc import FastrtcDialect
 from wsstream.dialects.native import NativeDialect
+from wsstream.dialects.twilio import TwilioDialect
 
-__all__ = ["Dialect", "NativeDialect", "ProtocolError"]
+DIALECTS: dict[str, type[Dialect]] = {d.path: d for d in (NativeDialect, FastrtcDialect, TwilioDialect)}
+
+__all__ = ["DIALECTS", "Dialect", "FastrtcDialect", "NativeDialect", "ProtocolError", "StreamSetup", "TwilioDialect"]

@@ -1,11 +1,24 @@
-"""The dialect interface."""
+"""The dialect interface: what a driver needs of a wire protocol, and the pieces dialects share.
+
+A dialect is one module with one class: its ``path``, how a stream on it is set
+up (``setup``), ``parse`` (wire message to core events), ``audio`` (a binary
+message that is raw audio, the hot path) and ``serialize`` (core event to wire
+message, or None). Dialects have no side effects: what they notice goes to the
+core as a ``Notice`` event, and what they do not send is the driver's to log.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
-from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, SendInput, Warning
+from wsstream.codecs import AudioFormat
+from wsstream.config import StreamConfig
+from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, Refused, Warning
+from wsstream.reply import ReplyOnPause
 
 
 class ProtocolError(ValueError):
@@ -17,15 +30,34 @@ class ProtocolError(ValueError):
         self.code = code
 
 
+@dataclass(frozen=True)
+class StreamSetup:
+    """How a new stream on this dialect starts, before any message of its own."""
+
+    input_format: AudioFormat
+    output_format: AudioFormat | None
+    config: StreamConfig
+
+
 class Dialect(Protocol):
-    name: str
+    name: ClassVar[str]  # in metrics, logs and ReplyContext.dialect
+    path: ClassVar[str]  # the WebSocket path it is served on
+    binary_audio: ClassVar[bool]  # binary messages are raw audio in the input format (through ``audio``)
+
+    def setup(self, query: str, app: ReplyOnPause, config: StreamConfig) -> StreamSetup:
+        """The stream's formats and rules from the request's query string; raises ProtocolError."""
+        ...
+
+    def audio(self, message: bytes) -> bytes:
+        """A binary message's audio (only called when ``binary_audio``)."""
+        ...
 
     def parse(self, message: str | bytes) -> list[InEvent]:
-        """One wire message to session events; raises ProtocolError."""
+        """One wire message to core events; raises ProtocolError."""
         ...
 
     def serialize(self, event: OutEvent) -> str | bytes | None:
-        """One session event to a wire message, or None when this dialect does not send it."""
+        """One core event to a wire message, or None when this dialect does not send it."""
         ...
 
 
@@ -35,14 +67,14 @@ def fastrtc_message(event: OutEvent) -> str | None:
         return dumps({"type": "log", "data": event.name, **event.fields})
     if isinstance(event, FetchOutput):
         return dumps({"type": "fetch_output", "data": event.data})
-    if isinstance(event, SendInput):
-        return dumps({"type": "send_input", "data": event.data if event.data is not None else []})
     if isinstance(event, Error):
         return dumps({"type": "error", "data": event.message})
     if isinstance(event, Warning):
         return dumps({"type": "warning", "data": event.message})
     if isinstance(event, Pong):
         return dumps({"event": "pong"})
+    if isinstance(event, Refused):
+        return dumps({"status": "failed", "meta": {"error": event.error, "limit": event.limit}})
     return None
 
 
@@ -52,6 +84,20 @@ def parse_mark(msg: dict[str, Any]) -> MarkPlayed:
     if not isinstance(mark, dict) or not isinstance(mark.get("name"), str):
         raise ProtocolError('mark message needs {"mark": {"name": "..."}}')
     return MarkPlayed(mark["name"])
+
+
+def decode_payload(media: Any) -> bytes:
+    """``{"payload": "<base64>"}`` of a JSON ``media`` message, as every JSON dialect carries audio."""
+    if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
+        raise ProtocolError('media message needs {"media": {"payload": "<base64 audio>"}}')
+    try:
+        return base64.b64decode(media["payload"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("media payload is not valid base64") from None
+
+
+def encode_payload(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def load_json_object(message: str | bytes) -> dict[str, Any]:

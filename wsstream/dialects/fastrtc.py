@@ -12,12 +12,19 @@ fastrtc sends no ``mark`` or ``clear`` on this transport, so neither do we.
 
 from __future__ import annotations
 
-import base64
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wsstream.codecs import AudioFormat, FormatError
-from wsstream.dialects.base import ProtocolError, dumps, fastrtc_message, load_json_object
-from wsstream.dialects.native import decode_payload
+from wsstream.codecs import AudioFormat
+from wsstream.config import StreamConfig
+from wsstream.dialects.base import (
+    ProtocolError,
+    StreamSetup,
+    decode_payload,
+    dumps,
+    encode_payload,
+    fastrtc_message,
+    load_json_object,
+)
 from wsstream.events import (
     AudioIn,
     AudioOut,
@@ -27,16 +34,24 @@ from wsstream.events import (
     Start,
     Stop,
 )
-
-if TYPE_CHECKING:
-    from wsstream.server import WsServer
+from wsstream.reply import ReplyOnPause
 
 
 class FastrtcDialect:
     name = "fastrtc"
+    path = "/websocket/offer"
+    binary_audio = False
 
     def __init__(self) -> None:
         self.websocket_id: str | None = None
+
+    def setup(self, query: str, app: ReplyOnPause, config: StreamConfig) -> StreamSetup:
+        """μ-law in at the app's input rate, μ-law out at its output rate (``ReplyOnPause`` checks them)."""
+        return StreamSetup(AudioFormat("mulaw", app.input_sample_rate), AudioFormat("mulaw", app.output_sample_rate),
+                           config)
+
+    def audio(self, message: bytes) -> bytes:
+        raise ProtocolError("binary frames are not audio on this path")
 
     def parse(self, message: str | bytes) -> list[InEvent]:
         if isinstance(message, bytes):
@@ -62,16 +77,6 @@ class FastrtcDialect:
 
     def serialize(self, event: OutEvent) -> str | bytes | None:
         if isinstance(event, AudioOut):
-            return dumps({"event": "media", "media": {"payload": base64.b64encode(event.data).decode()}})
+            return dumps({"event": "media", "media": {"payload": encode_payload(event.data)}})
         return fastrtc_message(event)  # None for mark, clear, vad traces: not in fastrtc's protocol
 
-
-def route(server: WsServer, query: str) -> tuple[FastrtcDialect, dict[str, Any]]:
-    """``/websocket/offer``: μ-law in at the app's input rate, μ-law out at its output rate."""
-    app = server.app
-    try:
-        fmt_in = AudioFormat("mulaw", app.input_sample_rate)
-        fmt_out = AudioFormat("mulaw", app.output_sample_rate)
-    except FormatError as exc:
-        raise ProtocolError(f"server misconfigured for /websocket/offer: {exc}", fatal=True, code=1011) from None
-    return FastrtcDialect(), {"input_format": fmt_in, "output_format": fmt_out}

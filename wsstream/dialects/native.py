@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 from urllib.parse import parse_qs
 
 from wsstream.codecs import AudioFormat, FormatError
-from wsstream.dialects.base import ProtocolError, dumps, fastrtc_message, load_json_object, parse_mark
+from wsstream.config import StreamConfig
+from wsstream.dialects.base import (
+    ProtocolError,
+    StreamSetup,
+    decode_payload,
+    dumps,
+    encode_payload,
+    fastrtc_message,
+    load_json_object,
+    parse_mark,
+)
 from wsstream.events import (
     AudioIn,
     AudioOut,
@@ -23,6 +31,7 @@ from wsstream.events import (
     Trigger,
     VadTrace,
 )
+from wsstream.reply import ReplyOnPause
 
 
 def parse_format(value: Any, what: str) -> AudioFormat:
@@ -59,34 +68,28 @@ def format_from_query(query: str) -> AudioFormat | None:
     return parse_format(fields, "query format")
 
 
-def decode_payload(media: Any) -> bytes:
-    if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
-        raise ProtocolError('media message needs {"media": {"payload": "<base64 audio>"}}')
-    try:
-        return base64.b64decode(media["payload"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError("media payload is not valid base64") from None
-
-
 class NativeDialect:
     """One instance per connection: it remembers whether audio goes out as binary or JSON."""
 
     name = "ws"
+    path = "/ws"
+    binary_audio = True
 
-    def __init__(self, media_as: str = "binary") -> None:
-        self.media_as = media_as
-        self._audio_seen = False  # a start after audio is refused by the session: it must not change media_as
+    def __init__(self) -> None:
+        self.media_as = "binary"
+        self._audio_seen = False  # a start after audio is refused by the core: it must not change media_as
 
-    def audio_bytes(self, message: bytes) -> bytes:
-        """A binary message is raw audio in the session's format: transports hand it to
-        ``Session.offer_audio`` directly, skipping ``parse``."""
+    def setup(self, query: str, app: ReplyOnPause, config: StreamConfig) -> StreamSetup:
+        return StreamSetup(format_from_query(query) or AudioFormat(), None, config)
+
+    def audio(self, message: bytes) -> bytes:
+        """A binary message is raw audio in the stream's format: drivers hand it to the core directly."""
         self._audio_seen = True
         return message
 
     def parse(self, message: str | bytes) -> list[InEvent]:
         if isinstance(message, bytes):
-            self._audio_seen = True
-            return [AudioIn(message)]
+            return [AudioIn(self.audio(message))]
         msg = load_json_object(message)
         event = msg.get("event")
         if event == "media":
@@ -127,7 +130,7 @@ class NativeDialect:
         if isinstance(event, AudioOut):
             if self.media_as == "binary":
                 return event.data
-            return dumps({"event": "media", "media": {"payload": base64.b64encode(event.data).decode()}})
+            return dumps({"event": "media", "media": {"payload": encode_payload(event.data)}})
         if isinstance(event, VadTrace):
             return dumps({"type": "vad", "p": event.probs, "t": event.t})
         if isinstance(event, Mark):

@@ -1,0 +1,189 @@
+"""The ASGI driver: every dialect over a Starlette (or FastAPI) WebSocket, next to the host app's routes.
+
+Needs the ``asgi`` extra (``pip install 'wsstream[asgi]'``). Mount the
+endpoints in your own app::
+
+    hub = wsstream.Hub(reply_fn)
+    app = FastAPI(lifespan=wsstream.asgi.lifespan(hub))
+    wsstream.asgi.mount(app, hub)          # /ws, /websocket/offer, /telephone/handler
+
+or serve ours whole (``create_app``: the endpoints plus /healthz, /metrics and
+the demo page). Every endpoint mounted from one hub, in as many apps as you
+like, shares its model, its inference worker and its concurrency limit. Each
+connection is two coroutines: a reader feeding the stream (it stops reading
+while inference is behind, so the client is pushed back) and a writer sending
+the stream's output in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from wsstream import web
+from wsstream.dialects import DIALECTS, Dialect, ProtocolError
+from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
+from wsstream.hub import Hub, StreamRefused
+from wsstream.runner import StreamRunner, log_unsent
+
+log = logging.getLogger(__name__)
+
+
+class _Connection:
+    """One WebSocket of the ASGI server running one stream."""
+
+    def __init__(self, websocket: WebSocket, hub: Hub, dialect: Dialect) -> None:
+        self.ws = websocket
+        self.hub = hub
+        self.dialect = dialect
+        self.gone = False  # the client disconnected: nothing more can be sent
+
+    async def run(self) -> None:
+        hub, dialect = self.hub, self.dialect
+        await hub.start()
+        await self.ws.accept()
+        try:
+            stream = hub.open_stream(dialect, self.ws.url.query)
+        except StreamRefused as exc:
+            await self._send(exc.event)
+            await self.ws.close(exc.code, exc.reason)
+            return
+        except ProtocolError as exc:
+            await self._send(Error(str(exc)))
+            await self.ws.close(exc.code, str(exc)[:120])
+            return
+        reader = asyncio.get_running_loop().create_task(self._read(stream))
+        try:
+            await self._write(stream)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await hub.stream_ended(stream)
+
+    async def _read(self, stream: StreamRunner) -> None:
+        audio = self.dialect.audio if self.dialect.binary_audio else None
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    self.gone = True
+                    stream.connection_lost()
+                    return
+                data: str | bytes | None = message.get("bytes")
+                if data is None:
+                    data = message.get("text")
+                if data is None:
+                    continue
+                if audio is not None and type(data) is bytes:
+                    events: list[InEvent] = [AudioIn(audio(data))]
+                else:
+                    try:
+                        events = self.dialect.parse(data)
+                    except ProtocolError as exc:
+                        self.hub.metrics.inc("protocol_errors")
+                        stream.emit(Error(str(exc)))
+                        if exc.fatal:
+                            stream.close(exc.code, str(exc)[:120])
+                        continue
+                for event in events:
+                    while not stream.offer(event):  # inference is behind: stop reading until it has room
+                        await stream.wait_vad_room()
+        except WebSocketDisconnect:
+            self.gone = True
+            stream.connection_lost()
+        except Exception:
+            log.exception("stream %s failed on input; closing it", stream.id)
+            stream.close(1011, "internal error")
+
+    async def _write(self, stream: StreamRunner) -> None:
+        while True:
+            event = await stream.next_output()
+            if isinstance(event, Close):
+                if not self.gone:
+                    with contextlib.suppress(Exception):  # (the client may be gone meanwhile)
+                        await self.ws.close(event.code, event.reason[:120])
+                return
+            if not self.gone:
+                try:
+                    await self._send(event, stream)
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    self.gone = True
+                    stream.connection_lost()
+
+    async def _send(self, event: OutEvent, stream: StreamRunner | None = None) -> None:
+        try:
+            message = self.dialect.serialize(event)
+        except (TypeError, ValueError, RecursionError) as exc:
+            log.warning("cannot send %s: %s", type(event).__name__, exc)
+            message = self.dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
+                                                   f"message: {exc}"))
+        if message is None:
+            if stream is not None:
+                log_unsent(stream, event)
+        elif isinstance(message, str):
+            await self.ws.send_text(message)
+        else:
+            await self.ws.send_bytes(message)
+
+
+def endpoint(hub: Hub, dialect: type[Dialect]) -> Callable[[WebSocket], Any]:
+    """The ASGI WebSocket endpoint of one dialect, for a route of your own choosing."""
+    async def run(websocket: WebSocket) -> None:
+        await _Connection(websocket, hub, dialect()).run()
+    return run
+
+
+def routes(hub: Hub, prefix: str = "") -> list[BaseRoute]:
+    """A WebSocket route per dialect (``/ws``, ``/websocket/offer``, ``/telephone/handler``) under ``prefix``."""
+    return [WebSocketRoute(prefix + path, endpoint(hub, cls)) for path, cls in DIALECTS.items()]
+
+
+def mount(app: Any, hub: Hub, prefix: str = "") -> None:
+    """Add our WebSocket endpoints to a Starlette or FastAPI ``app``."""
+    app.router.routes.extend(routes(hub, prefix))
+
+
+def lifespan(hub: Hub, on_ready: Callable[[], Any] | None = None
+             ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """For ``Starlette(lifespan=...)`` / ``FastAPI(lifespan=...)``: the model loads at startup and every
+    stream is closed (1001) at shutdown."""
+    @contextlib.asynccontextmanager
+    async def span(app: Any) -> AsyncIterator[None]:
+        async with hub:
+            if on_ready is not None:
+                on_ready()
+            yield
+    return span
+
+
+def _plain(response: Any) -> Response:
+    """A websockets ``Response`` (what ``wsstream.web`` builds for our own server) as Starlette's."""
+    headers = {k: v for k, v in response.headers.raw_items() if k.lower() not in ("content-length", "connection")}
+    return Response(response.body, response.status_code, headers=headers)
+
+
+def create_app(hub: Hub, *, on_ready: Callable[[], Any] | None = None) -> Starlette:
+    """Our whole server as an ASGI app: the WebSocket endpoints, /healthz, /metrics and the demo page."""
+    async def healthz(request: Request) -> Response:
+        status, text = hub.health()
+        return PlainTextResponse(text, status)
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(hub.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    async def static(request: Request) -> Response:
+        found = web.static_file(request.path_params.get("name", "index.html"))
+        return _plain(found) if found is not None else PlainTextResponse(f"not found: {request.url.path}\n", 404)
+
+    http = [Route("/healthz", healthz), Route("/metrics", metrics), Route("/", static),
+            Route("/static/{name:path}", static)]
+    return Starlette(routes=[*routes(hub), *http], lifespan=lifespan(hub, on_ready))

@@ -1,0 +1,527 @@
+"""The rules of one stream, sans-I/O: events in at time ``now``, events out, next deadline.
+
+``StreamCore`` holds everything one stream decides: its input format and
+limits, VAD flow control, the pause detector's turns, the reply state machine,
+marks and barge-in, and the pacing of reply frames against real time plus the
+lead. It owns no task, no queue that waits, no socket and no clock: a driver
+calls it with the time, takes ``take_events()`` and calls ``poll(now)`` again at
+``deadline``. Reply functions run outside (``StartReply`` / ``CancelReply`` are
+commands to the runner, which feeds what the function yields back through
+``reply_item`` and ``reply_done``). So every rule here is testable with a fake
+clock and fed probabilities, without a model or a socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vad.detector import PauseCancelled, PauseDetected, PauseDetector, PauseTentative, StartedTalking, State
+from vad.engine import VadStream
+from wsstream.codecs import AudioFormat, FormatError, decode
+from wsstream.config import StreamConfig
+from wsstream.events import (
+    AudioIn,
+    AudioOut,
+    Clear,
+    Close,
+    Dtmf,
+    Error,
+    FetchOutput,
+    InEvent,
+    Log,
+    Mark,
+    MarkPlayed,
+    Notice,
+    OutEvent,
+    Ping,
+    Pong,
+    SetInputs,
+    Start,
+    Stop,
+    Trigger,
+    VadTrace,
+    Warning,
+)
+from wsstream.history import AudioHistory
+from wsstream.metrics import Metrics
+from wsstream.playout import FrameEncoder
+from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, StreamFacts
+
+log = logging.getLogger(__name__)
+
+FINISH_TIMEOUT_S = 10.0  # on stop, how long VAD may take to catch up before the last turn is cut
+
+
+class StreamState(enum.Enum):
+    """The input side of a stream."""
+
+    NEW = "new"  # nothing yet: a start may set the formats
+    STARTED = "started"  # a start came, no audio yet: another start may still change them
+    STREAMING = "streaming"  # audio has come: the formats are fixed
+    STOPPING = "stopping"  # stop: no more audio; VAD catches up, then the last turn is ended
+    LAST_REPLY = "last_reply"  # stop: the last reply plays, then the stream closes
+    CLOSED = "closed"  # a Close went out: nothing more happens
+
+
+class ReplyState(enum.Enum):
+    IDLE = "idle"  # no reply
+    RUNNING = "running"  # the reply function is producing; its frames go out as they are due
+    DRAINING = "draining"  # the function has ended; its last frames are still due
+
+
+@dataclass(frozen=True, slots=True)
+class StartReply:
+    """Command to the runner: call ``fn(*args, **kwargs)`` as reply ``seq`` and feed back its items."""
+
+    seq: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    context: ReplyContext
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReply:
+    """Command to the runner: reply ``seq`` was interrupted or the stream ended; stop its function."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEnded:
+    """Observation for the host app (never on the wire): how reply ``seq`` ended."""
+
+    seq: int
+    how: str  # "played", "interrupted" or "cancelled"
+
+
+Command = StartReply | CancelReply
+Output = OutEvent | Command | ReplyEnded
+
+
+@dataclass
+class _Reply:
+    seq: int
+    encoder: FrameEncoder
+    state: ReplyState = ReplyState.RUNNING
+    spoke: bool = False  # its first frame went out (response_starting said)
+    closes: bool = False  # it yielded CloseStream: the stream ends once it has played
+
+
+class StreamCore:
+    """One stream's rules. Not thread-safe; every call is from the driver's loop."""
+
+    def __init__(self, app: ReplyOnPause, open_vad: Callable[[int], VadStream], *, stream_id: str,
+                 dialect: str = "ws", input_format: AudioFormat | None = None,
+                 output_format: AudioFormat | None = None, config: StreamConfig | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.config = config or StreamConfig()
+        self.metrics = metrics or Metrics()
+        self._open_vad = open_vad
+        self.facts = StreamFacts(session_id=stream_id, dialect=dialect)
+        self.context = ReplyContext(self.facts)  # what reply functions see: a read-only view of ``facts``
+        cap = self.config.max_utterance_s
+        opts = app.options
+        self.options = dataclasses.replace(opts, max_speech_s=min(opts.max_speech_s or cap, cap))
+        self.state = StreamState.NEW
+        self.debug = False
+        self.samples_in = 0  # audio samples taken in (published to metrics when the stream ends)
+        self.deadline: float | None = None  # when ``poll`` wants to be called next (None: no timer)
+        self._out: list[Output] = []
+        self._args: tuple[Any, ...] = ()
+        self._kwargs: dict[str, Any] = {}
+        self._seq = 0
+        self._reply: _Reply | None = None
+        self._frames: deque[bytes] = deque()
+        self._play_until = 0.0  # when the client will have played everything sent so far
+        self._windows_seen = 0
+        self._finish_by = 0.0
+        self.vad: VadStream
+        self._configure(input_format or AudioFormat(), output_format)
+
+    def _configure(self, fmt: AudioFormat, out: AudioFormat | None) -> None:
+        old = getattr(self, "vad", None)
+        if old is not None:
+            old.close()
+        self.input_format = fmt
+        self.output_format = out or fmt
+        self.vad = self._open_vad(fmt.sample_rate)
+        self.detector = PauseDetector(self.options, self.vad.rate, self.vad.window)
+        self.history = AudioHistory(int((self.config.max_utterance_s + 2.0) * fmt.sample_rate))
+        # what the audio hot path needs, computed once
+        self._encoding = fmt.encoding
+        self._max_message_samples = self.config.max_message_s * fmt.sample_rate
+        self._vad_ratio = self.vad.rate / fmt.sample_rate
+        self._vad_high_water = self.vad.capacity * self.config.vad_high_water
+        self._vad_room = self._vad_high_water - self.vad.window  # pending + incoming beyond this must wait
+        self._history_margin = int(self.options.prefix_padding_ms * self.vad.rate / 1000) + self.vad.window
+        self._frame_out_s = 1.0 / (self.output_format.sample_width * self.output_format.sample_rate)
+
+    # ---- what the driver reads ---------------------------------------------------
+
+    def take_events(self) -> list[Output]:
+        """Everything decided since the last call, in order."""
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._out)
+
+    @property
+    def reply_state(self) -> ReplyState:
+        return self._reply.state if self._reply is not None else ReplyState.IDLE
+
+    @property
+    def playout_room(self) -> bool:
+        """May the reply function produce more? (Frames produced ahead of playout are bounded.)"""
+        return len(self._frames) < self.config.playout_queue_frames or self.state is StreamState.CLOSED
+
+    @property
+    def vad_room(self) -> bool:
+        """Has inference caught up enough that a reader held back by ``offer_audio`` may go on?"""
+        return self.vad.pending_samples < self._vad_high_water / 2 or self.state is StreamState.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self.state is StreamState.CLOSED
+
+    def _emit(self, event: Output) -> None:
+        self._out.append(event)
+
+    def _log(self, name: str, **fields: Any) -> None:
+        self.metrics.inc(f"events_{name}")
+        self._out.append(Log(name, fields))
+
+    # ---- inbound -------------------------------------------------------------------
+
+    def receive(self, event: InEvent, now: float) -> bool:
+        """Handle ``event`` at ``now``. False only for audio inference has no room for yet: nothing
+        was consumed, and the driver offers it again once ``vad_room`` (no audio is ever dropped)."""
+        if self.state is StreamState.CLOSED:
+            return True
+        if type(event) is AudioIn:
+            return self.offer_audio(event.data)
+        if isinstance(event, Start):
+            self._on_start(event, now)
+        elif isinstance(event, SetInputs):
+            self.set_inputs(event.data)
+        elif isinstance(event, Trigger):
+            self.trigger(now)
+        elif isinstance(event, MarkPlayed):
+            self.facts.marks_played.append(event.name)
+        elif isinstance(event, Ping):
+            self._emit(Pong())
+        elif isinstance(event, Dtmf):
+            self.facts.dtmf.append(event.digit)
+        elif isinstance(event, Notice):
+            if event.metric:
+                self.metrics.inc(event.metric)
+            log.log(event.level, "%s stream %s: %s", self.context.dialect, self.context.session_id, event.message)
+        elif isinstance(event, Stop):
+            if event.finish:
+                self._stop(now)
+            else:
+                self._hang_up()
+        return True
+
+    def _on_start(self, event: Start, now: float) -> None:
+        if self.state is not StreamState.NEW and self.state is not StreamState.STARTED:
+            self._emit(Error("start must come before any audio; this start was ignored"))
+            return
+        if event.format is not None or event.output_format is not None:
+            self._configure(event.format or self.input_format, event.output_format)
+        if event.inputs is not None:
+            self.set_inputs(event.inputs)
+        self.debug = event.debug
+        self.facts.client_id = event.client_id
+        self.facts.call.update(event.context)
+        self._leave_new(StreamState.STARTED, now)
+
+    def _leave_new(self, to: StreamState, now: float) -> None:
+        was_new = self.state is StreamState.NEW
+        self.state = to
+        if was_new and self.app.startup_fn is not None:
+            self._begin_reply(self.app.startup_fn, (), {}, now)
+
+    def set_inputs(self, data: Any) -> None:
+        """fastrtc's ``set_input``: a list is positional, a dict keyword arguments, anything else one value."""
+        if isinstance(data, list):
+            self._args, self._kwargs = tuple(data), {}
+        elif isinstance(data, dict):
+            self._args, self._kwargs = (), dict(data)
+        else:
+            self._args, self._kwargs = (data,), {}
+
+    def offer_audio(self, data: bytes) -> bool:
+        """``receive(AudioIn(data))`` without the event: the per-message hot path (a few attribute
+        reads, one decode, two copies)."""
+        state = self.state
+        if state is not StreamState.STREAMING:
+            if state is StreamState.NEW or state is StreamState.STARTED:
+                self._leave_new(StreamState.STREAMING, self._play_until)  # (no reply to interrupt yet)
+            else:
+                return True  # stopping or closed: audio after stop is not heard
+        try:
+            pcm = decode(data, self._encoding)
+        except FormatError as exc:
+            self.metrics.inc("bad_audio")
+            self._emit(Error(str(exc)))
+            return True
+        n = pcm.size
+        if n > self._max_message_samples:
+            rate = self.input_format.sample_rate
+            self._emit(Error(f"an audio message may carry at most {self.config.max_message_s:g} s of audio; "
+                             f"got {n / rate:.1f} s"))
+            return True
+        vad = self.vad
+        pending = vad.pending_samples
+        # (only while the worker has whole windows to take: with less pending, waiting would never end)
+        if pending + n * self._vad_ratio > self._vad_room and pending >= vad.window:
+            self.metrics.inc("input_waits")
+            return False
+        self.history.append(pcm)
+        vad.push(pcm)
+        self.samples_in += n
+        return True
+
+    # ---- VAD results -----------------------------------------------------------------
+
+    def on_vad(self, probs: np.ndarray, levels: np.ndarray | None, now: float) -> None:
+        """The probabilities (and sub-window levels) of the next windows of this stream's audio."""
+        self._windows_seen += len(probs)
+        if self.state is StreamState.CLOSED:
+            return
+        detector = self.detector
+        events = detector.push(probs, levels)
+        rate = detector.rate
+        if self.debug:
+            self._emit(VadTrace([round(float(p), 3) for p in probs], round(detector.position / rate, 3)))
+        can_interrupt = self.options.can_interrupt
+        ignore_speech = self._reply is not None and not can_interrupt
+        if not ignore_speech:
+            for ev in events:
+                if isinstance(ev, StartedTalking):
+                    self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
+                    if can_interrupt and self._audible():
+                        self._interrupt(now)
+                elif isinstance(ev, PauseTentative):
+                    self._log("pause_tentative", t=round(ev.at / rate, 3))
+                elif isinstance(ev, PauseCancelled):
+                    self._log("pause_cancelled", t=round(ev.at / rate, 3))
+                elif isinstance(ev, PauseDetected):
+                    self._turn_ended(ev, now)
+        idle = detector.state is State.IDLE
+        if ignore_speech and not idle:
+            detector.reset()
+            idle = True
+        # Keep only what the next utterance can need.
+        keep = (detector.position if idle else detector.onset) - self._history_margin
+        self.history.trim(keep * self.input_format.sample_rate // rate)
+        if self.state is StreamState.STOPPING and self._vad_caught_up():
+            self._end_last_turn(now)
+
+    def _to_input(self, position: int) -> int:
+        return position * self.input_format.sample_rate // self.detector.rate
+
+    def _turn_ended(self, ev: PauseDetected, now: float) -> None:
+        rate = self.detector.rate
+        audio = self.history.slice(self._to_input(ev.start), self._to_input(ev.end))
+        speech_s = audio.size / self.input_format.sample_rate
+        self._log("pause_detected", t=round(ev.at / rate, 3), speech_s=round(speech_s, 3),
+                  speech_end=round(ev.speech_end / rate, 3), reason=ev.reason)
+        self.metrics.inc("turns")
+        self._begin_reply(self.app.fn, ((self.input_format.sample_rate, audio), *self._args), self._kwargs, now)
+
+    def trigger(self, now: float) -> bool:
+        """Reply now to what has been heard since the last reply; False (and a warning) if nothing."""
+        ev = self.detector.force_end()
+        if ev is None:
+            self._emit(Warning("trigger: no speech heard since the last reply; nothing to reply to"))
+            return False
+        self._turn_ended(ev, now)
+        return True
+
+    # ---- replies --------------------------------------------------------------------
+
+    def _audible(self) -> bool:
+        """Is a reply still being heard? Sent in full is not played in full: a client that echoes marks
+        (browsers, Twilio) has not played the last reply until it echoes its mark."""
+        if self._reply is not None:
+            return True
+        sent, played = self.facts.marks_sent, self.facts.marks_played
+        return bool(played and sent) and sent[-1] not in played
+
+    def _begin_reply(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                     now: float) -> None:
+        if self._reply is not None:
+            self._interrupt(now)
+        self._seq += 1
+        self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms))
+        self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
+
+    def reply_item(self, seq: int, item: Any, now: float) -> None:
+        """One thing reply ``seq``'s function yielded. Items of a reply that has ended are ignored."""
+        reply = self._reply
+        if reply is None or reply.seq != seq or reply.state is not ReplyState.RUNNING:
+            return
+        if isinstance(item, tuple) and len(item) == 2:
+            rate, samples = item
+            try:
+                self._frames.extend(reply.encoder.push(int(rate), samples))
+            except (FormatError, TypeError, ValueError) as exc:
+                self._emit(Warning(f"reply audio ignored: {exc}"))
+                return
+            self._pump(now)
+        elif isinstance(item, AdditionalOutputs):
+            self._emit(FetchOutput(list(item.args)))
+        elif isinstance(item, CloseStream):
+            reply.closes = True
+            self._close_reason = item.msg
+        elif item is not None:
+            self._emit(Warning(f"reply function yielded an unsupported {type(item).__name__}; "
+                               "expected (sample_rate, ndarray), AdditionalOutputs or CloseStream"))
+
+    def reply_done(self, seq: int, now: float, error: BaseException | None = None) -> None:
+        """Reply ``seq``'s function has returned (or raised ``error``): what it produced still plays
+        to its last sample."""
+        reply = self._reply
+        if reply is None or reply.seq != seq or reply.state is not ReplyState.RUNNING:
+            return
+        if error is not None:
+            self.metrics.inc("reply_errors")
+            self._emit(Error(f"reply function failed: {type(error).__name__}: {error}"))
+        self._frames.extend(reply.encoder.flush(pad=self.config.pad_last_frame))
+        reply.state = ReplyState.DRAINING
+        self._pump(now)
+
+    def _interrupt(self, now: float) -> None:
+        """Barge-in: stop the reply, drop its unsent audio, tell the client to drop what it holds."""
+        self.metrics.inc("interruptions")
+        reply = self._reply
+        closes = reply is not None and reply.closes
+        if reply is not None:
+            if reply.state is ReplyState.RUNNING:
+                self._emit(CancelReply(reply.seq))
+            self._emit(ReplyEnded(reply.seq, "interrupted"))
+        self._reply = None
+        self._frames.clear()
+        self._play_until = now
+        self.deadline = self._finish_deadline()
+        self._emit(Clear())
+        if closes:  # it had said its last words and asked to end the stream: the interruption ends it now
+            self.close(1000, self._close_reason)
+
+    # ---- pacing ---------------------------------------------------------------------
+
+    def poll(self, now: float) -> None:
+        """Time has passed: send the frames now due, and act on a deadline that has come."""
+        if self.state is StreamState.STOPPING and now >= self._finish_by:
+            self._end_last_turn(now)
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Send reply frames so the client holds at most ``lead`` of audio beyond real time; when it holds
+        a full lead, wait until it has fallen by ``refill``, then top it up in one go (fewer wakeups)."""
+        frames = self._frames
+        reply = self._reply
+        if frames and reply is not None and self.state is not StreamState.CLOSED:
+            lead = self.config.lead_ms / 1000.0
+            if self._play_until < now:
+                self._play_until = now  # the client has played everything: restart the clock
+            horizon = now + lead
+            if not reply.spoke and self._play_until <= horizon:
+                reply.spoke = True
+                self._log("response_starting", t=round(self.detector.position / self.detector.rate, 3))
+            out = self._out
+            per_byte = self._frame_out_s
+            play_until = self._play_until
+            while frames and play_until <= horizon:
+                frame = frames.popleft()
+                out.append(AudioOut(frame))
+                play_until += len(frame) * per_byte
+            self._play_until = play_until
+        if reply is not None and not frames and reply.state is ReplyState.DRAINING:
+            self._reply_played(reply)
+        self.deadline = self._finish_deadline()
+        if frames and self._reply is not None:
+            refill = min(self.config.refill_ms, self.config.lead_ms / 2) / 1000.0
+            due = self._play_until - self.config.lead_ms / 1000.0 + refill
+            self.deadline = due if self.deadline is None else min(due, self.deadline)
+
+    def _reply_played(self, reply: _Reply) -> None:
+        name = f"reply-{reply.seq}"
+        self.facts.marks_sent.append(name)
+        self._emit(Mark(name))
+        self._reply = None
+        self._emit(ReplyEnded(reply.seq, "played"))
+        if not self.options.can_interrupt:
+            self.detector.reset()
+        if reply.closes:
+            self.close(1000, self._close_reason)
+        elif self.state is StreamState.LAST_REPLY:
+            self.close(1000, "stop")
+
+    def _finish_deadline(self) -> float | None:
+        return self._finish_by if self.state is StreamState.STOPPING else None
+
+    # ---- end of input ---------------------------------------------------------------
+
+    def _vad_caught_up(self) -> bool:
+        vad = self.vad
+        return vad.pending_samples < vad.window and self._windows_seen >= vad.windows_taken
+
+    def _stop(self, now: float) -> None:
+        """``stop`` on /ws: let VAD catch up, end a turn in progress, finish the reply, then close."""
+        if self.state in (StreamState.STOPPING, StreamState.LAST_REPLY):
+            return
+        self.state = StreamState.STOPPING
+        self._finish_by = now + FINISH_TIMEOUT_S
+        if self._vad_caught_up():
+            self._end_last_turn(now)
+        else:
+            self.deadline = self._finish_by if self.deadline is None else min(self.deadline, self._finish_by)
+
+    def _end_last_turn(self, now: float) -> None:
+        self.state = StreamState.LAST_REPLY
+        ev = self.detector.force_end()
+        if ev is not None:
+            self._turn_ended(ev, now)
+        if self._reply is None:
+            self.close(1000, "stop")
+
+    def _hang_up(self) -> None:
+        """The peer is gone (Twilio ``stop``, fastrtc ``stop``): close at once, playing nothing more."""
+        self.close(1000, "stop")
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """End the stream: the reply is cancelled, nothing more is sent after this Close."""
+        if self.state is StreamState.CLOSED:
+            return
+        reply = self._reply
+        if reply is not None:
+            if reply.state is ReplyState.RUNNING:
+                self._emit(CancelReply(reply.seq))
+            self._emit(ReplyEnded(reply.seq, "cancelled"))
+        self._reply = None
+        self._frames.clear()
+        self.state = StreamState.CLOSED
+        self.deadline = None
+        self._emit(Close(code, reason))
+
+    def release(self) -> None:
+        """The stream is over: give back its VAD slot and publish its hot-path counters."""
+        self.vad.close()
+        self.metrics.inc("audio_samples_in", self.samples_in)
+        self.samples_in = 0
+
+    _close_reason = "reply function closed the stream"

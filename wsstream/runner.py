@@ -1,0 +1,273 @@
+"""The asyncio runner of one ``StreamCore``: what needs a loop, and nothing else.
+
+It owns the stream's reply task (async functions on the loop, sync ones in a
+thread of their own, see ``wsstream.reply``), one timer for the core's
+deadline, the wait for VAD room, and the bounded outbox for a client that
+cannot take output yet. Every driver (our transport, ASGI, in-process) runs
+streams through this one class, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vad.engine import VadStream
+from wsstream.core import CancelReply, Output, ReplyEnded, ReplyState, StartReply, StreamCore, StreamState
+from wsstream.events import AudioIn, AudioOut, Close, Error, FetchOutput, InEvent, Log, OutEvent, Warning
+from wsstream.inference import InferenceWorker
+from wsstream.reply import CloseStream, reply_items, set_context
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[["StreamRunner", Output], None]
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a host app sees of an open stream."""
+
+    id: str
+    dialect: str
+    client_id: str | None
+    state: str  # StreamState's value: new, started, streaming, stopping, last_reply, closed
+    reply: str  # ReplyState's value: idle, running, draining
+
+
+class StreamRunner:
+    """One stream on the loop. Drivers feed ``offer``/``offer_audio`` and send ``next_output``."""
+
+    def __init__(self, core: StreamCore, worker: InferenceWorker, *, observer: Observer | None = None) -> None:
+        self.core = core
+        self.id = core.context.session_id
+        self._worker = worker
+        self._observer = observer
+        self._loop = asyncio.get_running_loop()
+        self._outbox: deque[OutEvent] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._outbox_limit = core.config.outbox_limit
+        self._closing = False  # a Close is in the outbox (or went out): nothing else is sent
+        self._vad_room = asyncio.Event()
+        self._vad_room.set()
+        self._playout_room = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by a driver: takes an outbound event now and returns True, or returns False when it
+        # cannot write yet; the event then waits in the outbox for ``next_output``.
+        self.sink: Callable[[OutEvent], bool] | None = None
+
+    @property
+    def vad(self) -> VadStream:  # (the inference worker's view of a client)
+        return self.core.vad
+
+    @property
+    def info(self) -> StreamInfo:
+        core = self.core
+        return StreamInfo(self.id, core.context.dialect, core.context.client_id, core.state.value,
+                          core.reply_state.value)
+
+    # ---- inbound ----------------------------------------------------------------------
+
+    def offer_audio(self, data: bytes) -> bool:
+        """The hot path: one binary audio message. False: no VAD room yet; nothing was consumed."""
+        core = self.core
+        if not core.offer_audio(data):
+            self._vad_room.clear()
+            return False
+        vad = core.vad
+        if vad.pending_samples >= vad.window:
+            self._worker.notify(self)
+        if core.has_events:
+            self._after()
+        return True
+
+    def offer(self, event: InEvent) -> bool:
+        """Any inbound event; False only for audio that must wait for ``wait_vad_room``."""
+        if type(event) is AudioIn:
+            return self.offer_audio(event.data)
+        self.core.receive(event, self._loop.time())
+        self._after()
+        return True
+
+    async def wait_vad_room(self) -> None:
+        """Return once inference has caught up with this stream (or it is closing)."""
+        await self._vad_room.wait()
+
+    def on_vad(self, probs: np.ndarray, levels: np.ndarray) -> None:
+        """From the inference worker, on the loop."""
+        core = self.core
+        core.on_vad(probs, levels, self._loop.time())
+        if not self._vad_room.is_set() and core.vad_room:
+            self._vad_room.set()  # a reader waiting for inference to catch up may go on
+        self._after()
+
+    # ---- control from the host app ------------------------------------------------------
+
+    def set_inputs(self, data: Any) -> None:
+        self.core.set_inputs(data)
+
+    def trigger(self) -> bool:
+        done = self.core.trigger(self._loop.time())
+        self._after()
+        return done
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.core.close(code, reason)
+        self._after()
+
+    # ---- the core's output ----------------------------------------------------------------
+
+    def _after(self) -> None:
+        """Carry out what the core decided: send events, run or cancel replies, set the timer."""
+        core = self.core
+        if core.has_events:
+            observer = self._observer
+            for event in core.take_events():
+                kind = type(event)
+                if kind is AudioOut:
+                    self.emit(event)  # type: ignore[arg-type]
+                    continue
+                if kind is StartReply:
+                    self._start_reply(event)  # type: ignore[arg-type]
+                elif kind is CancelReply:
+                    self._cancel_reply()
+                elif kind is not ReplyEnded:
+                    self.emit(event)  # type: ignore[arg-type]
+                if observer is not None:
+                    observer(self, event)
+        deadline = core.deadline
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+        if not self._playout_room.is_set() and core.playout_room:
+            self._playout_room.set()
+        if core.state is StreamState.CLOSED:
+            self._vad_room.set()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.poll(self._loop.time())
+        self._after()
+
+    def _start_reply(self, cmd: StartReply) -> None:
+        self._reply_task = self._spawn(self._run_reply(cmd))
+
+    def _cancel_reply(self) -> None:
+        task = self._reply_task
+        if task is not None and not task.done():
+            task.cancel()  # its generator is closed; a sync one in its own thread, after the step in flight
+        self._reply_task = None
+
+    async def _run_reply(self, cmd: StartReply) -> None:
+        set_context(cmd.context)
+        core, loop, seq = self.core, self._loop, cmd.seq
+        error: Exception | None = None
+        try:
+            async for item in reply_items(cmd.fn, *cmd.args, **cmd.kwargs):
+                core.reply_item(seq, item, loop.time())
+                self._after()
+                if isinstance(item, CloseStream):
+                    break
+                while not core.playout_room:  # produced far enough ahead of playout: wait for it
+                    self._playout_room.clear()
+                    await self._playout_room.wait()
+                if core.reply_state is ReplyState.IDLE:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("reply function failed in stream %s", self.id)
+            error = exc
+        core.reply_done(seq, loop.time(), error)
+        self._after()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stream %s: task failed", self.id, exc_info=task.exception())
+
+    # ---- outbound -------------------------------------------------------------------------
+
+    def emit(self, event: OutEvent) -> None:
+        """Send ``event`` to the client: at once when the driver can write, else through the outbox."""
+        if self._closing:
+            return
+        # The direct path: with nothing queued, a driver that can write now takes the event at once
+        # (no task switch per message, and a pause_detected leaves as soon as it is known).
+        if self.sink is not None and not self._outbox and type(event) is not Close and self.sink(event):
+            return
+        if len(self._outbox) >= self._outbox_limit:
+            # The client is not reading what we send: end it rather than grow without bound.
+            self._outbox.clear()
+            self.core.metrics.inc("outbox_overflows")
+            self.core.close(1008, "client is not reading: outbound queue full")
+            self.core.take_events()  # (the close, and cancelling the reply, are done right here)
+            self._cancel_reply()
+            event = Close(1008, "client is not reading: outbound queue full")
+        if type(event) is Close:
+            self._closing = True
+            self._vad_room.set()
+        self._outbox.append(event)
+        self._outbox_ready.set()
+
+    async def next_output(self) -> OutEvent:
+        """The next event for the client, in order; a ``Close`` is the last one."""
+        while not self._outbox:
+            self._outbox_ready.clear()
+            await self._outbox_ready.wait()
+        return self._outbox.popleft()
+
+    def connection_lost(self) -> None:
+        """The driver's connection is gone: close the core (cancelling its reply) and end the writer."""
+        if not self.core.closed:
+            self.core.close(1006, "connection lost")
+            self._after()
+        elif not self._closing:
+            self.emit(Close(1006, "connection lost"))
+
+    async def aclose(self) -> None:
+        """Cancel everything this stream owns and give back its VAD slot."""
+        if not self.core.closed:
+            self.core.close(1001, "stream closed")
+            self._after()
+        self._closing = True
+        self._vad_room.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.core.release()
+
+
+def log_unsent(runner: StreamRunner, event: OutEvent) -> None:
+    """What a dialect does not send (Twilio takes no log or error messages) goes to the server log."""
+    name = type(event).__name__
+    dialect = runner.core.context.dialect
+    if isinstance(event, Error | Warning):
+        log.warning("%s stream %s: %s: %s", dialect, runner.id, name.lower(), event.message)
+    elif isinstance(event, Log):
+        # every turn of every call: DEBUG, so a busy server's INFO log stays readable
+        log.debug("%s stream %s: %s %s", dialect, runner.id, event.name, event.fields)
+    elif isinstance(event, FetchOutput):
+        log.info("%s stream %s: additional output %s", dialect, runner.id, repr(event.data)[:500])
