@@ -2,9 +2,9 @@
 
     uv run python benchmarks/vad_path.py [--streams 200] [--seconds 10]
 
-N sessions (the real ``Session`` with the real inference worker and detector)
+N sessions (the real ``StreamRunner`` and ``StreamCore`` with the real inference worker and detector)
 each receive a corpus file as 20 ms pcm16 frames in real time (staggered), as
-the transport hands them over (``Session.offer_audio``); no reply audio is
+the transport hands them over (``StreamRunner.offer_audio``); no reply audio is
 produced (the reply function does nothing), so the figure is the VAD path alone: decoding, history,
 VAD buffering, batched Silero inference, the detector and its events. The
 baseline in the same run is the same load with one model call per stream.
@@ -26,10 +26,10 @@ from _corpus import load, manifest
 
 from vad.engine import VadEngine
 from vad.model import SileroModel
-from wsstream.events import AudioIn
+from wsstream.core import StreamCore
 from wsstream.inference import InferenceWorker
 from wsstream.reply import ReplyOnPause
-from wsstream.session import Session
+from wsstream.runner import StreamRunner
 
 
 async def silent_reply(audio: tuple[int, np.ndarray]) -> AsyncIterator[tuple[int, np.ndarray]]:
@@ -44,12 +44,11 @@ async def run(model: SileroModel, streams: int, seconds: float, batched: bool,
     for name in files:
         pcm = (np.clip(load(name), -1, 1) * 32767).astype("<i2")
         frames[name] = [pcm[i:i + 320].tobytes() for i in range(0, pcm.size - 319, 320)]
-    worker = InferenceWorker(VadEngine(model, capacity=streams), batched=batched, min_interval_s=interval_s)
+    engine = VadEngine(model, capacity=streams)
+    worker = InferenceWorker(engine, batched=batched, min_interval_s=interval_s)
     worker_task = asyncio.create_task(worker.run())
     app = ReplyOnPause(fn=silent_reply)
-    sessions = [Session(app, worker, session_id=f"b{i}") for i in range(streams)]
-    for s in sessions:
-        s.start()
+    sessions = [StreamRunner(StreamCore(app, engine.open_stream, stream_id=f"b{i}"), worker) for i in range(streams)]
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     cpu0 = time.process_time()
@@ -66,8 +65,8 @@ async def run(model: SileroModel, streams: int, seconds: float, batched: bool,
                 continue
             fr = frames[files[i % len(files)]]
             data = fr[(tick - i * 100 // streams) % len(fr)]
-            if not s.offer_audio(data):  # what the transport does with a binary frame
-                await s.handle(AudioIn(data))  # (inference behind: wait for room, as a paused reader would)
+            while not s.offer_audio(data):  # what the transport does with a binary frame
+                await s.wait_vad_room()  # (inference behind: wait for room, as a paused reader would)
             sent += 1
         tick += 1
     await asyncio.sleep(0.1)

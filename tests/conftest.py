@@ -21,8 +21,10 @@ import soxr
 from vad.engine import VadEngine
 from vad.model import SileroModel
 from wsstream.codecs import float_to_int16
+from wsstream.config import ServerConfig
+from wsstream.hub import Hub
 from wsstream.reply import ReplyOnPause
-from wsstream.server import ServerConfig, WsServer
+from wsstream.server import WsServer
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -74,13 +76,82 @@ def engine(model: SileroModel) -> VadEngine:
     return VadEngine(model)
 
 
-@pytest.fixture
-async def make_server(model: SileroModel) -> AsyncIterator[Callable[..., Any]]:
-    """Start in-process servers on free loopback ports; all are closed at the end of the test."""
-    servers: list[WsServer] = []
+@pytest.fixture(scope="module")
+def driver(request: pytest.FixtureRequest) -> str:
+    """Which driver serves the sockets: our transport ("native", the default) or the ASGI driver under
+    uvicorn ("asgi"). A module with ``BOTH_DRIVERS = True`` runs its socket tests under both."""
+    return getattr(request, "param", "native")
 
-    async def start(app: ReplyOnPause, **config: Any) -> WsServer:
-        server = WsServer(app, ServerConfig(host="127.0.0.1", port=0, **config), engine=VadEngine(model))
+
+DRIVERS = ["native", "asgi"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if getattr(metafunc.module, "BOTH_DRIVERS", False) and "driver" in metafunc.fixturenames:
+        metafunc.parametrize("driver", DRIVERS, indirect=True, scope="module")
+
+
+class AsgiServer:
+    """``wsstream.asgi.create_app`` under uvicorn on a free loopback port, in the test's loop: the
+    same surface as ``WsServer`` for what the tests use."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.metrics = hub.metrics
+
+    async def start(self) -> None:
+        import asyncio
+
+        import uvicorn
+
+        from wsstream.asgi import create_app
+
+        ready = asyncio.Event()
+        config = uvicorn.Config(create_app(self.hub, on_ready=ready.set), host="127.0.0.1", port=0,
+                                lifespan="on", log_level="warning", ws="websockets-sansio",
+                                ws_max_size=self.hub.config.max_message_bytes)
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.get_running_loop().create_task(self.server.serve())
+        await asyncio.wait_for(ready.wait(), 30)
+        for _ in range(500):  # (the sockets are bound just after the lifespan has started)
+            if self.server.started:
+                break
+            await asyncio.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def active(self) -> int:
+        return self.hub.active
+
+    @property
+    def draining(self) -> bool:
+        return self.hub.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.hub.draining = value
+
+    async def wait_idle(self) -> None:
+        await self.hub.wait_idle()
+
+    async def aclose(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+@pytest.fixture
+async def make_server(model: SileroModel, driver: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process servers on free loopback ports (with the module's driver); all are closed at
+    the end of the test."""
+    servers: list[Any] = []
+
+    async def start(app: ReplyOnPause, **config: Any) -> Any:
+        cfg = ServerConfig(host="127.0.0.1", port=0, **config)
+        server: Any
+        if driver == "asgi":
+            server = AsgiServer(Hub(app, cfg, engine=VadEngine(model)))
+        else:
+            server = WsServer(app, cfg, engine=VadEngine(model))
         await server.start()
         servers.append(server)
         return server
@@ -93,8 +164,8 @@ async def make_server(model: SileroModel) -> AsyncIterator[Callable[..., Any]]:
 class ServerProcess:
     """``wsstream serve`` run the way a user runs it, on a free port."""
 
-    def __init__(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "wsstream.cli", "serve", "--port", "0", *args]
+    def __init__(self, *args: str, driver: str = "native") -> None:
+        cmd = [sys.executable, "-m", "wsstream.cli", "serve", "--port", "0", "--driver", driver, *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
         self.output: list[str] = []
@@ -130,9 +201,9 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def cli_server() -> Iterator[ServerProcess]:
+def cli_server(driver: str) -> Iterator[ServerProcess]:
     """One real server process per test module, default options and the embedded echo."""
-    server = ServerProcess()
+    server = ServerProcess(driver=driver)
     yield server
     server.close()
     assert server.proc.returncode is not None

@@ -19,6 +19,9 @@ from wsstream.codecs import AudioFormat
 from wsstream.echo import echo
 from wsstream.reply import ReplyOnPause
 
+# every socket test here runs over both drivers: our transport and the ASGI one under uvicorn
+BOTH_DRIVERS = True
+
 
 @pytest.fixture
 async def server(make_server):

@@ -27,6 +27,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from wsstream.codecs import decode, encode
 from wsstream.reply import AdditionalOutputs, ReplyOnPause, current_context
 
+# every socket test here runs over both drivers: our transport and the ASGI one under uvicorn
+BOTH_DRIVERS = True
+
 PAUSE = 0.6
 PREFIX = 0.3
 
@@ -110,8 +113,8 @@ class FastrtcClient:
 
 
 @pytest.fixture(scope="module")
-def fast_server() -> Iterator[ServerProcess]:
-    server = ServerProcess("--lead-ms", "600000")
+def fast_server(driver: str) -> Iterator[ServerProcess]:
+    server = ServerProcess("--lead-ms", "600000", driver=driver)
     yield server
     server.close()
 

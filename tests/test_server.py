@@ -19,13 +19,16 @@ from wsclient import Conversation
 
 from wsstream.codecs import AudioFormat
 
+# every socket test here runs over both drivers: our transport and the ASGI one under uvicorn
+BOTH_DRIVERS = True
+
 PAUSE = 0.6
 
 
 @pytest.fixture(scope="module")
-def fast_server() -> Iterator[ServerProcess]:
+def fast_server(driver: str) -> Iterator[ServerProcess]:
     """The CLI server with reply pacing lifted (--lead-ms), so tests need not wait for playback."""
-    server = ServerProcess("--lead-ms", "600000")
+    server = ServerProcess("--lead-ms", "600000", driver=driver)
     yield server
     server.close()
 

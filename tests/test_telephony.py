@@ -40,11 +40,14 @@ from wsstream.events import (
     Log,
     Mark,
     Pong,
-    SendInput,
+    Refused,
     VadTrace,
     Warning,
 )
 from wsstream.reply import ReplyOnPause, current_context
+
+# every socket test here runs over both drivers: our transport and the ASGI one under uvicorn
+BOTH_DRIVERS = True
 
 RATE = 8000
 FRAME = 160
@@ -114,8 +117,8 @@ async def run_call(url: str, name: str, n_turns: int, mode: str, encoding: str, 
 
 
 @pytest.fixture(scope="module")
-def calls(manifest: dict[str, Any]) -> dict[str, Any]:
-    server = ServerProcess("--log-level", "DEBUG")  # turn events are logged at DEBUG
+def calls(manifest: dict[str, Any], driver: str) -> dict[str, Any]:
+    server = ServerProcess("--log-level", "DEBUG", driver=driver)  # turn events are logged at DEBUG
     try:
         async def all_calls() -> list[Call]:
             jobs = [run_call(server.url, name, k, "half", "audio/x-mulaw", manifest, i)
@@ -337,7 +340,7 @@ def test_log_events_go_to_the_server_log_and_metrics(calls: dict[str, Any]) -> N
     log = calls["log"]
     for call in calls["calls"]:
         assert f"twilio stream {call.peer.stream_sid}: pause_detected" in log
-        assert f"twilio stream {call.peer.stream_sid} started: call {call.peer.call_sid}" in log
+        assert f"twilio stream {call.peer.stream_sid}: started: call {call.peer.call_sid}" in log
     assert "alaw 8000 Hz" in log
 
 
@@ -452,7 +455,8 @@ async def test_bad_messages_are_logged_and_counted_never_fatal(make_server: Any,
     assert counters["protocol_errors"] == len(bad)
     assert counters["twilio_unknown_events"] == 1
     assert counters["twilio_media_other_track"] == 1
-    warnings = [r.getMessage() for r in caplog.records if r.name == "wsstream.twilio" and r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name.startswith("wsstream.") and "twilio stream" in r.getMessage() and r.levelno >= logging.WARNING]
     assert len(warnings) == len(bad) + 1, warnings
     assert any("invalid JSON" in w for w in warnings) and any("something_new" in w for w in warnings)
 
@@ -476,7 +480,8 @@ def test_dialect_sends_nothing_but_media_mark_clear() -> None:
     dialect.parse(json.dumps({"event": "start", "streamSid": "MZ1", "start": {
         "streamSid": "MZ1", "callSid": "CA1", "mediaFormat": {"encoding": "audio/x-alaw", "sampleRate": 8000,
                                                              "channels": 1}}}))
-    for event in (Log("pause_detected", {"t": 1.0}), VadTrace([0.1], 0.0), FetchOutput(["x"]), SendInput([]),
+    for event in (Log("pause_detected", {"t": 1.0}), VadTrace([0.1], 0.0), FetchOutput(["x"]),
+                  Refused("concurrency_limit_reached", 1),
                   Error("bad"), Warning("careful"), Pong(), Close(1000)):
         assert dialect.serialize(event) is None, event
     assert json.loads(dialect.serialize(AudioOut(b"\xd5" * 160))) == {  # type: ignore[arg-type]

@@ -184,6 +184,9 @@ def create_app(hub: Hub, *, on_ready: Callable[[], Any] | None = None) -> Starle
         found = web.static_file(request.path_params.get("name", "index.html"))
         return _plain(found) if found is not None else PlainTextResponse(f"not found: {request.url.path}\n", 404)
 
+    async def upgrade_required(request: Request) -> Response:
+        return PlainTextResponse(f"{request.url.path} is a WebSocket endpoint: connect with a WebSocket client\n", 426)
+
     http = [Route("/healthz", healthz), Route("/metrics", metrics), Route("/", static),
-            Route("/static/{name:path}", static)]
+            Route("/static/{name:path}", static), *(Route(path, upgrade_required) for path in DIALECTS)]
     return Starlette(routes=[*routes(hub), *http], lifespan=lifespan(hub, on_ready))

@@ -226,7 +226,8 @@ class StreamCore:
         elif isinstance(event, Notice):
             if event.metric:
                 self.metrics.inc(event.metric)
-            log.log(event.level, "%s stream %s: %s", self.context.dialect, self.context.session_id, event.message)
+            facts = self.facts
+            log.log(event.level, "%s stream %s: %s", facts.dialect, facts.client_id or facts.session_id, event.message)
         elif isinstance(event, Stop):
             if event.finish:
                 self._stop(now)

@@ -263,11 +263,12 @@ class StreamRunner:
 def log_unsent(runner: StreamRunner, event: OutEvent) -> None:
     """What a dialect does not send (Twilio takes no log or error messages) goes to the server log."""
     name = type(event).__name__
-    dialect = runner.core.context.dialect
+    ctx = runner.core.context
+    dialect, key = ctx.dialect, ctx.client_id or runner.id  # (the caller's id: Twilio's streamSid)
     if isinstance(event, Error | Warning):
-        log.warning("%s stream %s: %s: %s", dialect, runner.id, name.lower(), event.message)
+        log.warning("%s stream %s: %s: %s", dialect, key, name.lower(), event.message)
     elif isinstance(event, Log):
         # every turn of every call: DEBUG, so a busy server's INFO log stays readable
-        log.debug("%s stream %s: %s %s", dialect, runner.id, event.name, event.fields)
+        log.debug("%s stream %s: %s %s", dialect, key, event.name, event.fields)
     elif isinstance(event, FetchOutput):
-        log.info("%s stream %s: additional output %s", dialect, runner.id, repr(event.data)[:500])
+        log.info("%s stream %s: additional output %s", dialect, key, repr(event.data)[:500])

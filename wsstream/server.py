@@ -63,6 +63,15 @@ class WsServer:
     def active(self) -> int:
         return self.hub.active
 
+    @property
+    def draining(self) -> bool:
+        """Taking no new streams (``/healthz`` says 503)."""
+        return self.hub.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.hub.draining = value
+
     async def start(self) -> None:
         await self.hub.start()
         loop = asyncio.get_running_loop()
@@ -89,7 +98,7 @@ class WsServer:
     async def drain(self, seconds: float) -> None:
         """Stop taking calls (listening ends, /healthz would say 503) and let the calls in progress
         finish, for at most ``seconds``; then close what is left (1001) and stop."""
-        self.hub.draining = True
+        self.draining = True
         if self._server is not None and seconds > 0:
             self._server.close()
             if self.hub.active:
@@ -100,7 +109,7 @@ class WsServer:
 
     async def aclose(self) -> None:
         """Stop listening, close every connection with 1001 (bounded wait), stop the hub."""
-        self.hub.draining = True
+        self.draining = True
         if self._server is not None:
             self._server.close()
         connections = list(self.connections)

@@ -124,7 +124,7 @@ class TwilioDialect:
         if problem is not None:
             notes.append(problem)
         # The reply goes back in the caller's encoding and rate (A-law in, A-law out).
-        return [*notes, Start(format=fmt, output_format=fmt, client_id=sid, context=context)]
+        return [Start(format=fmt, output_format=fmt, client_id=sid, context=context), *notes]
 
     def _media_format(self, value: Any) -> tuple[AudioFormat, Notice | None]:
         if value is None:
