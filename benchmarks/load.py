@@ -21,6 +21,12 @@ first-reply-audio latency, server RSS and RSS per connection. Names the largest
 N that held: no lost audio, server CPU below one core, p99 excess <= 20 ms.
 Writes benchmarks/results/load.json and, with matplotlib installed
 (``uv run --group bench ...``), load.png.
+
+``--drivers native,asgi`` runs every N under each driver in turn (ours, and the
+ASGI driver under uvicorn: ``wsstream serve --driver asgi``) and prints the ASGI
+driver's CPU per stream-second as a ratio to ours, measured in the same run:
+
+    uv run python benchmarks/load.py --sweep 200 --duration 60 --drivers native,asgi
 """
 
 from __future__ import annotations
@@ -265,10 +271,11 @@ def taskset(core: str) -> list[str]:
     return ["taskset", "-c", core] if core and found else []
 
 
-def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float, float]]],
+            driver: str = "native") -> dict[str, Any]:
     server = subprocess.Popen(
         [*taskset(args.server_core), sys.executable, "-m", "wsstream.cli", "serve", "--port", "0",
-         "--concurrency-limit", "100000", "--log-level", "WARNING", *args.server_args.split()],
+         "--concurrency-limit", "100000", "--log-level", "WARNING", "--driver", driver, *args.server_args.split()],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert server.stdout is not None
@@ -323,7 +330,7 @@ def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float,
     cpu_cores = (cpu2 - cpu1) / (w2 - w1)
     lost = result["samples_sent"] - samples_in
     row = {
-        "n": n, "server_cpu_cores": round(cpu_cores, 3),
+        "driver": driver, "n": n, "server_cpu_cores": round(cpu_cores, 3),
         "cpu_ms_per_stream_s": round(cpu_cores / n * 1000, 3),
         "samples_sent": result["samples_sent"], "samples_server_took": int(samples_in), "lost_samples": int(lost),
         "turns_measured": int(ex.size), "turns_missed": int(np.isinf(ex).sum()),
@@ -353,6 +360,7 @@ def main() -> None:
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--client-core", default="1")
     ap.add_argument("--server-args", default="", help="extra flags for wsstream serve")
+    ap.add_argument("--drivers", default="native", help="comma-separated: native, asgi (each N under each)")
     ap.add_argument("--stop-after-fail", type=int, default=1, help="stop the sweep after this many failed N")
     ap.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -368,23 +376,35 @@ def main() -> None:
     files = sorted(manifest()["files"])
     truth = offline_latencies(files, 600.0, args.duration + args.stagger + 1)
     rows, fails = [], 0
-    cols = ["n", "server_cpu_cores", "cpu_ms_per_stream_s", "lost_samples", "turns_measured", "turns_missed",
+    cols = ["driver", "n", "server_cpu_cores", "cpu_ms_per_stream_s", "lost_samples", "turns_measured", "turns_missed",
             "pause_ms_p50", "pause_ms_p95", "pause_ms_p99", "excess_ms_p99", "reply_ms_p50", "reply_ms_p99",
             "rss_kb_per_conn", "gen_tick_done_ms_p99", "held"]
     print(" ".join(f"{c:>12}" for c in cols), flush=True)
+    drivers = args.drivers.split(",")
     for n in (int(x) for x in args.sweep.split(",")):
-        row = run_one(n, args, truth)
-        rows.append(row)
-        print(" ".join(f"{row[c]!s:>12}" for c in cols), flush=True)
-        fails += not row["held"]
+        for driver in drivers:
+            row = run_one(n, args, truth, driver)
+            rows.append(row)
+            print(" ".join(f"{row[c]!s:>12}" for c in cols), flush=True)
+        if len(drivers) > 1:
+            by = {r["driver"]: r for r in rows if r["n"] == n}
+            base = by[drivers[0]]["cpu_ms_per_stream_s"]
+            for driver in drivers[1:]:
+                ratio = by[driver]["cpu_ms_per_stream_s"] / base
+                note = " (saturated: at least this)" if by[driver]["server_cpu_cores"] > 0.95 else ""
+                print(f"  N={n}: {driver} costs {ratio:.2f}x {drivers[0]}'s CPU per stream-second{note}", flush=True)
+        fails += not all(r["held"] for r in rows if r["n"] == n and r["driver"] == drivers[0])
         if fails >= args.stop_after_fail:
             break
-    held = [r["n"] for r in rows if r["held"]]
+    held = [r["n"] for r in rows if r["held"] and r["driver"] == drivers[0]]
     best = max(held) if held else 0
     print(f"\nlargest N that held (no lost audio, < 1 core, p99 excess over detector alone <= 20 ms): {best} "
           f"streams on one core")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
+    if drivers != ["native"]:
+        (out / "load_drivers.json").write_text(json.dumps({"rows": rows, "duration_s": args.duration}, indent=1))
+        return
     (out / "load.json").write_text(json.dumps({"rows": rows, "streams_per_core": best,
                                                "duration_s": args.duration}, indent=1))
     plot(rows, out / "load.png")

@@ -456,7 +456,8 @@ async def test_bad_messages_are_logged_and_counted_never_fatal(make_server: Any,
     assert counters["twilio_unknown_events"] == 1
     assert counters["twilio_media_other_track"] == 1
     warnings = [r.getMessage() for r in caplog.records
-                if r.name.startswith("wsstream.") and "twilio stream" in r.getMessage() and r.levelno >= logging.WARNING]
+                if r.name.startswith("wsstream.") and "twilio stream" in r.getMessage()
+                and r.levelno >= logging.WARNING]
     assert len(warnings) == len(bad) + 1, warnings
     assert any("invalid JSON" in w for w in warnings) and any("something_new" in w for w in warnings)
 

@@ -144,10 +144,6 @@ class PauseDetector:
         self.in_silence = False
         self._tentative_sent = False
 
-    @property
-    def talking(self) -> bool:
-        return self.state is State.TALKING
-
     def push(self, probs: np.ndarray, levels: np.ndarray | None = None) -> list[DetectorEvent]:
         """Consume one probability per window, in order; return the events they caused.
 

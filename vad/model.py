@@ -19,7 +19,7 @@ from vad.onnx_proto import read_tensors
 from vad.restated import GEOMETRY, build_model
 
 STATE_SIZE = 128
-log = logging.getLogger("vad")
+log = logging.getLogger(__name__)
 MODEL_ENV = "WSSTREAM_VAD_MODEL"
 
 

@@ -133,7 +133,7 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig) -> None:
     port = sock.getsockname()[1]
     started = asyncio.Event()
     asgi_app = create_app(hub, on_ready=started.set)
-    server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets",
+    server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets-sansio",
                                            ws_max_size=config.max_message_bytes,
                                            ws_ping_interval=config.ping_interval_s,
                                            ws_ping_timeout=3 * config.ping_interval_s))

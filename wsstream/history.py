@@ -19,7 +19,6 @@ class AudioHistory:
         self._chunks: deque[np.ndarray] = deque()
         self._start = 0  # absolute position of the first kept sample
         self.total = 0  # samples appended since the stream began
-        self.dropped = 0  # samples dropped by the cap while still wanted
 
     @property
     def kept(self) -> int:
@@ -30,9 +29,7 @@ class AudioHistory:
             self._chunks.append(samples)
             self.total += samples.size
             if self.total - self._start > self.max_samples:  # (kept, without the property call)
-                before = self._start
                 self.trim(self.total - self.max_samples, exact=True)
-                self.dropped += self._start - before
 
     def trim(self, keep_from: int, exact: bool = False) -> None:
         """Forget samples before ``keep_from``: whole chunks only (it runs once per VAD window, and

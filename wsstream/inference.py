@@ -18,7 +18,7 @@ import numpy as np
 
 from vad.engine import LEVEL_PARTS, VadEngine, VadStream
 
-log = logging.getLogger("wsstream.inference")
+log = logging.getLogger(__name__)
 
 
 class VadClient(Protocol):

@@ -15,10 +15,10 @@ class StreamResampler:
         self._soxr = None if in_rate == out_rate else soxr.ResampleStream(
             in_rate, out_rate, 1, dtype="float32", quality=quality)
 
-    def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+    def process(self, samples: np.ndarray) -> np.ndarray:
         if self._soxr is None:
             return samples
-        return self._soxr.resample_chunk(samples, last=last)
+        return self._soxr.resample_chunk(samples)
 
     def flush(self) -> np.ndarray:
         """The samples still inside the filter at the end of a stream."""
