@@ -267,11 +267,8 @@ class StreamCore:
         """``receive(AudioIn(data))`` without the event: the per-message hot path (a few attribute
         reads, one decode, two copies)."""
         state = self.state
-        if state is not StreamState.STREAMING:
-            if state is StreamState.NEW or state is StreamState.STARTED:
-                self._leave_new(StreamState.STREAMING, self._play_until)  # (no reply to interrupt yet)
-            else:
-                return True  # stopping or closed: audio after stop is not heard
+        if state is not StreamState.STREAMING and state is not StreamState.NEW and state is not StreamState.STARTED:
+            return True  # stopping or closed: audio after stop is not heard
         try:
             pcm = decode(data, self._encoding)
         except FormatError as exc:
@@ -290,6 +287,8 @@ class StreamCore:
         if pending + n * self._vad_ratio > self._vad_room and pending >= vad.window:
             self.metrics.inc("input_waits")
             return False
+        if state is not StreamState.STREAMING:  # the first audio: the formats are fixed from now on
+            self._leave_new(StreamState.STREAMING, self._play_until)  # (no reply to interrupt yet)
         self.history.append(pcm)
         vad.push(pcm)
         self.samples_in += n
