@@ -103,8 +103,15 @@ class ReplyEnded:
     how: str  # "played", "interrupted" or "cancelled"
 
 
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """Observation for the host app (never on the wire): a start was accepted (the client id is known)."""
+
+    client_id: str | None
+
+
 Command = StartReply | CancelReply
-Output = OutEvent | Command | ReplyEnded
+Output = OutEvent | Command | ReplyEnded | StreamStarted
 
 
 @dataclass
@@ -246,6 +253,7 @@ class StreamCore:
         self.debug = event.debug
         self.facts.client_id = event.client_id
         self.facts.call.update(event.context)
+        self._emit(StreamStarted(event.client_id))
         self._leave_new(StreamState.STARTED, now)
 
     def _leave_new(self, to: StreamState, now: float) -> None:
@@ -342,11 +350,13 @@ class StreamCore:
         self.metrics.inc("turns")
         self._begin_reply(self.app.fn, ((self.input_format.sample_rate, audio), *self._args), self._kwargs, now)
 
-    def trigger(self, now: float) -> bool:
-        """Reply now to what has been heard since the last reply; False (and a warning) if nothing."""
+    def trigger(self, now: float, *, tell_client: bool = True) -> bool:
+        """Reply now to what has been heard since the last reply; False if nothing (and a warning to a
+        client that asked; the host app gets the False)."""
         ev = self.detector.force_end()
         if ev is None:
-            self._emit(Warning("trigger: no speech heard since the last reply; nothing to reply to"))
+            if tell_client:
+                self._emit(Warning("trigger: no speech heard since the last reply; nothing to reply to"))
             return False
         self._turn_ended(ev, now)
         return True

@@ -22,7 +22,7 @@ from typing import Any
 from vad.engine import VadEngine
 from vad.model import SileroModel
 from wsstream.config import ServerConfig
-from wsstream.core import Output, ReplyEnded, StreamCore
+from wsstream.core import Output, ReplyEnded, StreamCore, StreamStarted
 from wsstream.dialects.base import Dialect
 from wsstream.events import Clear, Close, Error, FetchOutput, Log, Mark, Refused, Warning
 from wsstream.inference import InferenceWorker
@@ -179,12 +179,17 @@ class Hub:
         runner = StreamRunner(core, worker, observer=self._observe)
         self._streams[runner.id] = runner
         self.metrics.inc("sessions_total")
-        assert self._idle is not None and self._opened is not None
+        assert self._idle is not None
         self._idle.clear()
-        self._opened.set()
-        self._opened = asyncio.Event()
+        self._streams_changed()
         self._fire("stream_opened", runner.id, {"dialect": dialect.name})
         return runner
+
+    def _streams_changed(self) -> None:
+        """Wake ``wait_stream``: a stream opened, or one's client id became known."""
+        assert self._opened is not None
+        self._opened.set()
+        self._opened = asyncio.Event()
 
     async def stream_ended(self, runner: StreamRunner) -> None:
         """The driver is done with ``runner``: cancel what it owns and forget it."""
@@ -192,11 +197,15 @@ class Hub:
         if self._streams.pop(runner.id, None) is not None:
             for follower in self._followers.pop(runner.id, []):
                 follower.put(None)
-            self._fire("stream_closed", runner.id, {"client_id": runner.core.context.client_id})
+            ctx = runner.core.context
+            self._fire("stream_closed", runner.id, {"client_id": ctx.client_id, "dialect": ctx.dialect})
         if not self._streams and self._idle is not None:
             self._idle.set()
 
     def _observe(self, runner: StreamRunner, event: Output) -> None:
+        if type(event) is StreamStarted:
+            self._streams_changed()
+            return
         followers = self._followers.get(runner.id)
         if followers or isinstance(event, Log | ReplyEnded):
             item = event_dict(event)
@@ -271,12 +280,15 @@ class Hub:
     def close_stream(self, key: str, code: int = 1000, reason: str = "closed by the server") -> None:
         self.stream(key).close(code, reason)
 
-    async def events(self, key: str) -> AsyncIterator[dict[str, Any]]:
-        """Every observable event of the stream, as dicts, until it closes (bounded: a follower that
-        falls behind loses the oldest)."""
+    def events(self, key: str) -> AsyncIterator[dict[str, Any]]:
+        """Every observable event of the stream from now on, as dicts, until it closes (bounded: a
+        follower that falls behind loses the oldest). Raises UnknownStream here, not when iterated."""
         runner = self.stream(key)
         follower = _Follower()
         self._followers.setdefault(runner.id, []).append(follower)
+        return self._follow(runner, follower)
+
+    async def _follow(self, runner: StreamRunner, follower: _Follower) -> AsyncIterator[dict[str, Any]]:
         try:
             while True:
                 while not follower.items:
@@ -291,10 +303,14 @@ class Hub:
             if followers is not None and follower in followers:
                 followers.remove(follower)
 
-    async def outputs(self, key: str) -> AsyncIterator[list[Any]]:
-        """The stream's additional outputs (what its replies yield as ``AdditionalOutputs``), as lists:
-        fastrtc's ``output_stream``."""
-        async for item in self.events(key):
+    def outputs(self, key: str) -> AsyncIterator[list[Any]]:
+        """The stream's additional outputs from now on (what its replies yield as ``AdditionalOutputs``,
+        each as the list of its arguments): fastrtc's ``output_stream``. Raises UnknownStream here."""
+        return self._outputs(self.events(key))
+
+    @staticmethod
+    async def _outputs(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[list[Any]]:
+        async for item in events:
             if item["type"] == "fetch_output":
                 yield item["data"]
 

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from vad.engine import VadStream
-from wsstream.core import CancelReply, Output, ReplyEnded, ReplyState, StartReply, StreamCore, StreamState
+from wsstream.core import (
+    CancelReply,
+    Output,
+    ReplyEnded,
+    ReplyState,
+    StartReply,
+    StreamCore,
+    StreamStarted,
+    StreamState,
+)
 from wsstream.events import AudioIn, AudioOut, Close, Error, FetchOutput, InEvent, Log, OutEvent, Warning
 from wsstream.inference import InferenceWorker
 from wsstream.reply import CloseStream, reply_items, set_context
@@ -115,7 +124,7 @@ class StreamRunner:
         self.core.set_inputs(data)
 
     def trigger(self) -> bool:
-        done = self.core.trigger(self._loop.time())
+        done = self.core.trigger(self._loop.time(), tell_client=False)
         self._after()
         return done
 
@@ -139,7 +148,7 @@ class StreamRunner:
                     self._start_reply(event)  # type: ignore[arg-type]
                 elif kind is CancelReply:
                     self._cancel_reply()
-                elif kind is not ReplyEnded:
+                elif kind is not ReplyEnded and kind is not StreamStarted:
                     self.emit(event)  # type: ignore[arg-type]
                 if observer is not None:
                     observer(self, event)
