@@ -10,6 +10,7 @@ streams through this one class, so they cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -183,16 +184,19 @@ class StreamRunner:
         core, loop, seq = self.core, self._loop, cmd.seq
         error: Exception | None = None
         try:
-            async for item in reply_items(cmd.fn, *cmd.args, **cmd.kwargs):
-                core.reply_item(seq, item, loop.time())
-                self._after()
-                if isinstance(item, CloseStream):
-                    break
-                while not core.playout_room:  # produced far enough ahead of playout: wait for it
-                    self._playout_room.clear()
-                    await self._playout_room.wait()
-                if core.reply_state is ReplyState.IDLE:
-                    return
+            # aclosing: on barge-in the function's generator is closed here, in this task (its finally
+            # runs before the task ends), not later by the collector's finalizer in a task of its own
+            async with contextlib.aclosing(reply_items(cmd.fn, *cmd.args, **cmd.kwargs)) as items:
+                async for item in items:
+                    core.reply_item(seq, item, loop.time())
+                    self._after()
+                    if isinstance(item, CloseStream):
+                        break
+                    while not core.playout_room:  # produced far enough ahead of playout: wait for it
+                        self._playout_room.clear()
+                        await self._playout_room.wait()
+                    if core.reply_state is ReplyState.IDLE:
+                        return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
