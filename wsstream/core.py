@@ -248,6 +248,12 @@ class StreamCore:
             return
         if event.format is not None or event.output_format is not None:
             self._configure(event.format or self.input_format, event.output_format)
+            reply = self._reply
+            if reply is not None and reply.encoder.fmt != self.output_format:
+                # the greeting began at the first start: it starts over, in the format asked for now
+                self.close_reply("cancelled")
+                if self.app.startup_fn is not None:
+                    self._begin_reply(self.app.startup_fn, (), {}, now)
         if event.inputs is not None:
             self.set_inputs(event.inputs)
         self.debug = event.debug
@@ -307,29 +313,29 @@ class StreamCore:
     def on_vad(self, probs: np.ndarray, levels: np.ndarray | None, now: float) -> None:
         """The probabilities (and sub-window levels) of the next windows of this stream's audio."""
         self._windows_seen += len(probs)
-        if self.state is StreamState.CLOSED:
-            return
+        if self.state is StreamState.CLOSED or self.state is StreamState.LAST_REPLY:
+            return  # (after stop's last turn, late results are for audio the stream no longer answers)
         detector = self.detector
         events = detector.push(probs, levels)
         rate = detector.rate
         if self.debug:
             self._emit(VadTrace([round(float(p), 3) for p in probs], round(detector.position / rate, 3)))
         can_interrupt = self.options.can_interrupt
-        ignore_speech = self._reply is not None and not can_interrupt
-        if not ignore_speech:
-            for ev in events:
-                if isinstance(ev, StartedTalking):
-                    self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
-                    if can_interrupt and self._audible():
-                        self._interrupt(now)
-                elif isinstance(ev, PauseTentative):
-                    self._log("pause_tentative", t=round(ev.at / rate, 3))
-                elif isinstance(ev, PauseCancelled):
-                    self._log("pause_cancelled", t=round(ev.at / rate, 3))
-                elif isinstance(ev, PauseDetected):
-                    self._turn_ended(ev, now)
+        for ev in events:
+            if not can_interrupt and self._reply is not None:
+                break  # (decided per event: one batch may hold a turn's end, its reply, then new speech)
+            if isinstance(ev, StartedTalking):
+                self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
+                if can_interrupt and self._audible():
+                    self._interrupt(now)
+            elif isinstance(ev, PauseTentative):
+                self._log("pause_tentative", t=round(ev.at / rate, 3))
+            elif isinstance(ev, PauseCancelled):
+                self._log("pause_cancelled", t=round(ev.at / rate, 3))
+            elif isinstance(ev, PauseDetected):
+                self._turn_ended(ev, now)
         idle = detector.state is State.IDLE
-        if ignore_speech and not idle:
+        if not can_interrupt and self._reply is not None and not idle:
             detector.reset()
             idle = True
         # Keep only what the next utterance can need.
@@ -353,6 +359,8 @@ class StreamCore:
     def trigger(self, now: float, *, tell_client: bool = True) -> bool:
         """Reply now to what has been heard since the last reply; False if nothing (and a warning to a
         client that asked; the host app gets the False)."""
+        if self.state is StreamState.CLOSED or self.state is StreamState.LAST_REPLY:
+            return False
         ev = self.detector.force_end()
         if ev is None:
             if tell_client:
@@ -513,17 +521,21 @@ class StreamCore:
         """The peer is gone (Twilio ``stop``, fastrtc ``stop``): close at once, playing nothing more."""
         self.close(1000, "stop")
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """End the stream: the reply is cancelled, nothing more is sent after this Close."""
-        if self.state is StreamState.CLOSED:
-            return
+    def close_reply(self, how: str) -> None:
+        """Drop the reply in flight (cancelling its function) without a word to the client."""
         reply = self._reply
         if reply is not None:
             if reply.state is ReplyState.RUNNING:
                 self._emit(CancelReply(reply.seq))
-            self._emit(ReplyEnded(reply.seq, "cancelled"))
+            self._emit(ReplyEnded(reply.seq, how))
         self._reply = None
         self._frames.clear()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """End the stream: the reply is cancelled, nothing more is sent after this Close."""
+        if self.state is StreamState.CLOSED:
+            return
+        self.close_reply("cancelled")
         self.state = StreamState.CLOSED
         self.deadline = None
         self._emit(Close(code, reason))
