@@ -31,9 +31,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from wsstream import web
 from wsstream.dialects import DIALECTS, Dialect, ProtocolError
-from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
+from wsstream.events import Close, Error, OutEvent
 from wsstream.hub import Hub, StreamRefused
-from wsstream.runner import StreamRunner, log_unsent
+from wsstream.runner import StreamRunner, read_message, write_message
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ class _Connection:
             await hub.stream_ended(stream)
 
     async def _read(self, stream: StreamRunner) -> None:
-        audio = self.dialect.audio if self.dialect.binary_audio else None
         try:
             while True:
                 message = await self.ws.receive()
@@ -83,18 +82,7 @@ class _Connection:
                     data = message.get("text")
                 if data is None:
                     continue
-                if audio is not None and type(data) is bytes:
-                    events: list[InEvent] = [AudioIn(audio(data))]
-                else:
-                    try:
-                        events = self.dialect.parse(data)
-                    except ProtocolError as exc:
-                        self.hub.metrics.inc("protocol_errors")
-                        stream.emit(Error(str(exc)))
-                        if exc.fatal:
-                            stream.close(exc.code, str(exc)[:120])
-                        continue
-                for event in events:
+                for event in read_message(stream, self.dialect, data):
                     while not stream.offer(event):  # inference is behind: stop reading until it has room
                         await stream.wait_vad_room()
         except WebSocketDisconnect:
@@ -120,16 +108,10 @@ class _Connection:
                     stream.connection_lost()
 
     async def _send(self, event: OutEvent, stream: StreamRunner | None = None) -> None:
-        try:
-            message = self.dialect.serialize(event)
-        except (TypeError, ValueError, RecursionError) as exc:
-            log.warning("cannot send %s: %s", type(event).__name__, exc)
-            message = self.dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
-                                                   f"message: {exc}"))
+        message = write_message(stream, self.dialect, event)
         if message is None:
-            if stream is not None:
-                log_unsent(stream, event)
-        elif isinstance(message, str):
+            return
+        if isinstance(message, str):
             await self.ws.send_text(message)
         else:
             await self.ws.send_bytes(message)

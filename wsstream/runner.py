@@ -30,6 +30,7 @@ from wsstream.core import (
     StreamStarted,
     StreamState,
 )
+from wsstream.dialects.base import Dialect, ProtocolError
 from wsstream.events import AudioIn, AudioOut, Close, Error, FetchOutput, InEvent, Log, OutEvent, Warning
 from wsstream.inference import InferenceWorker
 from wsstream.reply import CloseStream, reply_items, set_context
@@ -271,6 +272,36 @@ class StreamRunner:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.core.release()
+
+
+def read_message(runner: StreamRunner, dialect: Dialect, message: str | bytes) -> list[InEvent]:
+    """One wire message to the stream's events, as every driver reads it: a binary message of a dialect
+    whose binary messages are audio goes straight through; a message the dialect cannot understand is
+    counted and answered with an error (and ends the stream when the dialect says it is fatal)."""
+    if dialect.binary_audio and type(message) is bytes:
+        return [AudioIn(dialect.audio(message))]
+    try:
+        return dialect.parse(message)
+    except ProtocolError as exc:
+        runner.core.metrics.inc("protocol_errors")
+        runner.emit(Error(str(exc)))
+        if exc.fatal:
+            runner.close(exc.code, str(exc)[:120])
+        return []
+
+
+def write_message(runner: StreamRunner | None, dialect: Dialect, event: OutEvent) -> str | bytes | None:
+    """One event to its wire message, as every driver writes it; None when the dialect does not send it
+    (then it goes to the server log)."""
+    try:
+        message = dialect.serialize(event)
+    except (TypeError, ValueError, RecursionError) as exc:
+        # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
+        log.warning("cannot send %s: %s", type(event).__name__, exc)
+        message = dialect.serialize(Error(f"the server could not encode a {type(event).__name__} message: {exc}"))
+    if message is None and runner is not None:
+        log_unsent(runner, event)
+    return message
 
 
 def log_unsent(runner: StreamRunner, event: OutEvent) -> None:

@@ -30,7 +30,7 @@ from wsstream.dialects import DIALECTS, ProtocolError
 from wsstream.dialects.base import Dialect
 from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
 from wsstream.hub import Hub, StreamRefused
-from wsstream.runner import StreamRunner, log_unsent
+from wsstream.runner import StreamRunner, read_message, write_message
 from wsstream.wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -254,17 +254,7 @@ class WsConnection(asyncio.Protocol):
     def _message(self, message: str | bytes) -> None:
         assert self.stream is not None and self.dialect is not None
         stream = self.stream
-        if self._audio_bytes is not None and type(message) is bytes:
-            events: list[InEvent] = [AudioIn(self._audio_bytes(message))]
-        else:
-            try:
-                events = self.dialect.parse(message)
-            except ProtocolError as exc:
-                self.hub.metrics.inc("protocol_errors")
-                stream.emit(Error(str(exc)))
-                if exc.fatal:
-                    stream.close(exc.code, str(exc)[:120])
-                return
+        events = read_message(stream, self.dialect, message)
         backlog = self._backlog
         if backlog is not None:  # reading is paused; what was already read waits its turn
             backlog.extend(events)
@@ -382,17 +372,9 @@ class WsConnection(asyncio.Protocol):
 
     def _emit(self, event: OutEvent) -> None:
         assert self.dialect is not None
-        try:
-            message = self.dialect.serialize(event)
-        except (TypeError, ValueError, RecursionError) as exc:
-            # e.g. an AdditionalOutputs value JSON cannot carry: tell the client, keep the stream
-            log.warning("cannot send %s: %s", type(event).__name__, exc)
-            message = self.dialect.serialize(Error(f"the server could not encode a {type(event).__name__} "
-                                                   f"message: {exc}"))
+        message = write_message(self.stream, self.dialect, event)
         if message is not None:
             self.send(message)
-        elif self.stream is not None:
-            log_unsent(self.stream, event)
 
     async def _run(self, stream: StreamRunner) -> None:
         """The writer: what the direct path could not take (the socket was full), in order, and the
