@@ -72,7 +72,7 @@ async def hello() -> dict[str, Any]:
 
 @app.get("/calls")
 async def calls() -> list[dict[str, Any]]:
-    return [{"id": s.id, "dialect": s.dialect, "client_id": s.client_id, "state": s.state, "reply": s.reply}
+    return [{"id": s.id, "dialect": s.dialect, "client_id": s.client_id, "state": s.state.value, "reply": s.reply.value}
             for s in hub.streams()]
 
 

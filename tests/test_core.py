@@ -525,6 +525,19 @@ def test_close_stream_closes_at_an_interruption() -> None:
     assert h.core.closed
 
 
+def test_nothing_starts_after_a_close_stream_reply_is_interrupted_by_a_trigger() -> None:
+    """A reply that asked to close, cut short by a new turn (here the host's trigger): the stream ends
+    there; no second reply starts for a closed stream, and no deadline is left behind."""
+    h = Harness()
+    h.turn()
+    h.reply(1, (RATE, tone(RATE)), CloseStream("bye"), done=False)
+    h.run([SP] * 3)  # too short to count as barge-in, but heard
+    events = h.receive(Trigger())
+    assert trace(events) == ["log:pause_detected", "cancel:1", "ended:1:interrupted", "clear", "close:1000:bye"]
+    assert h.core.closed and h.core.deadline is None
+    assert h.run([SP] * ONSET + [SIL] * 30) == []  # and the closed stream hears nothing more
+
+
 # ---- limits ---------------------------------------------------------------------------------
 
 

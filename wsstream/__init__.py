@@ -12,7 +12,7 @@ from wsstream.core import ReplyState, StreamState
 from wsstream.dialects import ProtocolError
 from wsstream.hub import HOOKS, Hub, StreamRefused, UnknownStream
 from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, current_context
-from wsstream.runner import StreamInfo
+from wsstream.runner import StreamInfo, StreamRunner
 from wsstream.server import WsServer, serve
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "StreamConfig",
     "StreamInfo",
     "StreamRefused",
+    "StreamRunner",
     "StreamState",
     "UnknownStream",
     "WsServer",

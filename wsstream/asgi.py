@@ -37,6 +37,8 @@ from wsstream.runner import StreamRunner, read_message, write_message
 
 log = logging.getLogger(__name__)
 
+SEND_TIMEOUT_S = 10.0  # one message the client's socket cannot take for this long ends the stream
+
 
 class _Connection:
     """One WebSocket of the ASGI server running one stream."""
@@ -75,7 +77,8 @@ class _Connection:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     self.gone = True
-                    stream.connection_lost()
+                    code = message.get("code", 1005)  # the peer's close code, as our transport reports it
+                    stream.close(1000 if code == 1005 else code, "peer closed")
                     return
                 data: str | bytes | None = message.get("bytes")
                 if data is None:
@@ -102,7 +105,14 @@ class _Connection:
                 return
             if not self.gone:
                 try:
-                    await self._send(event, stream)
+                    # A client that takes nothing for this long is gone (or will not read): end the stream
+                    # and free its slot, as our transport's close timeout does.
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await self._send(event, stream)
+                except TimeoutError:
+                    log.info("stream %s: the client took nothing for %.0f s; ending it", stream.id, SEND_TIMEOUT_S)
+                    self.gone = True
+                    stream.close(1008, "client is not reading")
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     self.gone = True
                     stream.connection_lost()

@@ -322,7 +322,7 @@ class StreamCore:
             self._emit(VadTrace([round(float(p), 3) for p in probs], round(detector.position / rate, 3)))
         can_interrupt = self.options.can_interrupt
         for ev in events:
-            if not can_interrupt and self._reply is not None:
+            if (not can_interrupt and self._reply is not None) or self.state is StreamState.CLOSED:
                 break  # (decided per event: one batch may hold a turn's end, its reply, then new speech)
             if isinstance(ev, StartedTalking):
                 self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
@@ -383,6 +383,8 @@ class StreamCore:
                      now: float) -> None:
         if self._reply is not None:
             self._interrupt(now)
+        if self.state is StreamState.CLOSED:
+            return  # (the interrupted reply had asked to close the stream: nothing more starts)
         self._seq += 1
         self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms))
         self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
@@ -471,7 +473,7 @@ class StreamCore:
         if reply is not None and not frames and reply.state is ReplyState.DRAINING:
             self._reply_played(reply)
         self.deadline = self._finish_deadline()
-        if frames and self._reply is not None:
+        if frames and self._reply is not None and self.state is not StreamState.CLOSED:
             refill = min(self.config.refill_ms, self.config.lead_ms / 2) / 1000.0
             due = self._play_until - self.config.lead_ms / 1000.0 + refill
             self.deadline = due if self.deadline is None else min(due, self.deadline)

@@ -104,21 +104,19 @@ class Hub:
         self._hooks: dict[str, list[Hook]] = {name: [] for name in HOOKS}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_task: asyncio.Task[None] | None = None
-        self._starting: asyncio.Lock | None = None
-        self._idle: asyncio.Event | None = None
-        self._opened: asyncio.Event | None = None
+        self._starting = asyncio.Lock()
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._opened = asyncio.Event()
 
     # ---- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model (off the loop) and start the inference worker; idempotent."""
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-            self._idle = asyncio.Event()
-            self._idle.set()
-            self._opened = asyncio.Event()
+        """Load the model (off the loop) and start the inference worker; idempotent. A closed hub
+        stays closed (it admits nothing more)."""
         async with self._starting:
-            if self.worker is not None:
+            if self.worker is not None or self._closed:
                 return
             if self.engine is None:
                 model = await asyncio.to_thread(SileroModel)
@@ -137,9 +135,10 @@ class Hub:
     async def aclose(self) -> None:
         """Close every stream (1001), then stop the worker and the hooks still running."""
         self.draining = True
+        self._closed = True
         for runner in list(self._streams.values()):
             runner.close(1001, "server shutting down")
-        if self._streams and self._idle is not None:
+        if self._streams:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 5.0)
         tasks = [t for t in (self._worker_task, *self._tasks) if t is not None]
@@ -159,8 +158,7 @@ class Hub:
 
     async def wait_idle(self) -> None:
         """Return once no stream is open."""
-        if self._idle is not None:
-            await self._idle.wait()
+        await self._idle.wait()
 
     # ---- for drivers -------------------------------------------------------------------------
 
@@ -179,7 +177,6 @@ class Hub:
         runner = StreamRunner(core, worker, observer=self._observe)
         self._streams[runner.id] = runner
         self.metrics.inc("sessions_total")
-        assert self._idle is not None
         self._idle.clear()
         self._streams_changed()
         self._fire("stream_opened", runner.id, {"dialect": dialect.name})
@@ -187,7 +184,6 @@ class Hub:
 
     def _streams_changed(self) -> None:
         """Wake ``wait_stream``: a stream opened, or one's client id became known."""
-        assert self._opened is not None
         self._opened.set()
         self._opened = asyncio.Event()
 
@@ -199,7 +195,7 @@ class Hub:
                 follower.put(None)
             ctx = runner.core.context
             self._fire("stream_closed", runner.id, {"client_id": ctx.client_id, "dialect": ctx.dialect})
-        if not self._streams and self._idle is not None:
+        if not self._streams:
             self._idle.set()
 
     def _observe(self, runner: StreamRunner, event: Output) -> None:
@@ -254,8 +250,9 @@ class Hub:
     def stream(self, key: str) -> StreamRunner:
         """The open stream with id (or client id: fastrtc's websocket_id, Twilio's streamSid) ``key``."""
         runner = self._streams.get(key)
-        if runner is None:
-            runner = next((r for r in self._streams.values() if r.core.context.client_id == key), None)
+        if runner is None:  # the newest open one: a client that reconnects reuses its id
+            runner = next((r for r in reversed(self._streams.values())
+                           if r.core.context.client_id == key and not r.core.closed), None)
         if runner is None:
             raise UnknownStream(key)
         return runner
@@ -266,11 +263,13 @@ class Hub:
         while True:
             with contextlib.suppress(UnknownStream):
                 return self.stream(key)
-            assert self._opened is not None
             await self._opened.wait()
 
     def set_input(self, key: str, *args: Any, **kwargs: Any) -> None:
-        """New additional inputs for the stream's next replies (fastrtc's ``set_input``)."""
+        """New additional inputs for the stream's next replies (fastrtc's ``set_input``): positional
+        or keyword, as a client's ``input`` message is a list or an object."""
+        if args and kwargs:
+            raise TypeError("set_input takes positional or keyword inputs, not both")
         self.stream(key).set_inputs(dict(kwargs) if kwargs else list(args))
 
     def trigger(self, key: str) -> bool:

@@ -47,8 +47,8 @@ class StreamInfo:
     id: str
     dialect: str
     client_id: str | None
-    state: str  # StreamState's value: new, started, streaming, stopping, last_reply, closed
-    reply: str  # ReplyState's value: idle, running, draining
+    state: StreamState  # new, started, streaming, stopping, last_reply, closed
+    reply: ReplyState  # idle, running, draining
 
 
 class StreamRunner:
@@ -82,8 +82,7 @@ class StreamRunner:
     @property
     def info(self) -> StreamInfo:
         core = self.core
-        return StreamInfo(self.id, core.context.dialect, core.context.client_id, core.state.value,
-                          core.reply_state.value)
+        return StreamInfo(self.id, core.context.dialect, core.context.client_id, core.state, core.reply_state)
 
     # ---- inbound ----------------------------------------------------------------------
 
@@ -147,7 +146,8 @@ class StreamRunner:
                     self.emit(event)  # type: ignore[arg-type]
                     continue
                 if kind is StartReply:
-                    self._start_reply(event)  # type: ignore[arg-type]
+                    if not self._closing:
+                        self._start_reply(event)  # type: ignore[arg-type]
                 elif kind is CancelReply:
                     self._cancel_reply()
                 elif kind is not ReplyEnded and kind is not StreamStarted:
@@ -232,8 +232,11 @@ class StreamRunner:
             self._outbox.clear()
             self.core.metrics.inc("outbox_overflows")
             self.core.close(1008, "client is not reading: outbound queue full")
-            self.core.take_events()  # (the close, and cancelling the reply, are done right here)
+            self._closing = True  # (the close, and cancelling the reply, are done right here)
             self._cancel_reply()
+            for dropped in self.core.take_events():  # what the host app follows still sees the end
+                if self._observer is not None and type(dropped) is not AudioOut:
+                    self._observer(self, dropped)
             event = Close(1008, "client is not reading: outbound queue full")
         if type(event) is Close:
             self._closing = True
