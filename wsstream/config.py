@@ -73,7 +73,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}")
-        _check(self.concurrency_limit >= 1, f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
+        _check(self.concurrency_limit >= 0, f"concurrency_limit must be >= 0 (0 refuses every stream), "
+                                            f"got {self.concurrency_limit}")
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
         _check(0 <= self.vad_batch_interval_ms <= 100, "vad_batch_interval_ms must be in 0..100")
         _check(self.ping_interval_s > 0, "ping_interval_s must be > 0")
