@@ -101,7 +101,9 @@ class _Connection:
             if isinstance(event, Close):
                 if not self.gone:
                     with contextlib.suppress(Exception):  # (the client may be gone meanwhile)
-                        await self.ws.close(event.code, event.reason[:120])
+                        # (a reason may quote a client's field name: a lone surrogate must not break the close)
+                        reason = event.reason[:120].encode("utf-8", "replace").decode("utf-8")
+                        await self.ws.close(event.code, reason)
                 return
             if not self.gone:
                 try:

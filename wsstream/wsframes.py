@@ -220,7 +220,7 @@ def encode(opcode: int, payload: bytes) -> bytes:
 
 def close_payload(code: int, reason: str = "") -> bytes:
     """A close frame's payload; the reason is cut to fit the 125-byte control frame limit."""
-    data = reason.encode()[:123]
+    data = reason.encode("utf-8", "replace")[:123]  # (a lone surrogate from a client's JSON becomes "?")
     while True:  # do not cut inside a UTF-8 sequence
         try:
             data.decode()

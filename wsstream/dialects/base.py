@@ -106,6 +106,8 @@ def load_json_object(message: str | bytes) -> dict[str, Any]:
         value = json.loads(message)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid JSON: {exc}") from None
+    except RecursionError:  # '[' * 1100: Python's parser recurses per level
+        raise ProtocolError("invalid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"expected a JSON object, got {type(value).__name__}")
     return value
