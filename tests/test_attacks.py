@@ -4,11 +4,14 @@ stream go on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import time
 from typing import Any
 
 import pytest
-from conftest import load_corpus
+from conftest import ServerProcess, load_corpus
 from twilio_peer import TwilioPeer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -83,3 +86,20 @@ async def test_a_lone_surrogate_in_a_field_name_closes_1003_with_a_reason(server
     async with Conversation(f"ws://127.0.0.1:{server.port}/ws", AudioFormat()) as conv:
         await conv.send_json({"event": "ping"})
         await conv.wait_for(lambda c: c.of("event", "pong"))
+
+
+async def test_a_hung_sync_reply_does_not_keep_sigterm_from_finishing(driver: str, manifest: dict) -> None:
+    server = await asyncio.to_thread(ServerProcess, "--handler", "tests.handlers:hung", driver=driver)
+    try:
+        turn = manifest["files"]["dialog_00.flac"]["turns"][0]
+        async with Conversation(server.url + "/ws", AudioFormat()) as conv:
+            await conv.send_audio(load_corpus("dialog_00.flac")[:turn["end"] + 16000])
+            await conv.wait_for(lambda c: c.logs("pause_detected"))  # the reply is now stuck in its thread
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            server.proc.terminate()
+            code = await asyncio.to_thread(server.proc.wait, 15)
+        assert time.monotonic() - t0 < 8, "SIGTERM waited for the hung reply thread"
+        assert code in (0, -signal.SIGTERM)
+    finally:
+        server.close()

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
+import queue
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -142,6 +145,35 @@ def set_context(ctx: ReplyContext) -> None:
 _DONE = object()
 
 
+class _ReplyThread:
+    """One daemon thread that runs a reply's sync calls in order (the steps of its generator, then its
+    close). Daemon, unlike a ThreadPoolExecutor's worker: a reply function hung in a blocking call must
+    not keep the process from exiting on SIGTERM (the interpreter joins executor threads at exit)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = \
+            queue.SimpleQueue()
+        threading.Thread(target=self._work, name="reply", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((fn, args, future))
+        return future
+
+    def shutdown(self) -> None:
+        self._jobs.put(None)  # after the calls already queued
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # (handed to the awaiting task, which re-raises it)
+                future.set_exception(exc)
+
+
 def _next(gen: Iterator[Any]) -> Any:
     return next(gen, _DONE)
 
@@ -152,12 +184,12 @@ async def reply_items(fn: ReplyFn, *args: Any, **kwargs: Any) -> AsyncIterator[A
         result = fn(*args, **kwargs)
     else:
         # A plain function may block for long (a model call): its own thread, not the shared default pool.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply")
+        thread = _ReplyThread()
         try:
             ctx = contextvars.copy_context()
-            result = await asyncio.wrap_future(executor.submit(ctx.run, fn, *args, **kwargs))
+            result = await asyncio.wrap_future(thread.submit(ctx.run, functools.partial(fn, *args, **kwargs)))
         finally:
-            executor.shutdown(wait=False)
+            thread.shutdown()
     if inspect.isawaitable(result):
         result = await result
     if hasattr(result, "__aiter__"):
@@ -177,7 +209,7 @@ async def reply_items(fn: ReplyFn, *args: Any, **kwargs: Any) -> AsyncIterator[A
 
 async def _iterate_sync(gen: Iterator[Any]) -> AsyncIterator[Any]:
     """Step a sync generator in a dedicated thread; close it in that thread after the step in flight."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply")
+    executor = _ReplyThread()
     ctx = contextvars.copy_context()
     try:
         while True:
@@ -194,4 +226,4 @@ async def _iterate_sync(gen: Iterator[Any]) -> AsyncIterator[Any]:
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout=1.0)
             except (TimeoutError, asyncio.CancelledError):
                 pass
-        executor.shutdown(wait=False)
+        executor.shutdown()
