@@ -61,7 +61,8 @@ class ServerConfig:
 
     host: str = _flag("127.0.0.1", "address to listen on")
     port: int = _flag(8000, "port to listen on (0: any free port)")
-    concurrency_limit: int = _flag(500, "streams open at once; more are refused (1013)")
+    concurrency_limit: int = _flag(500, "streams open at once, in total (with --workers N each worker admits an "
+                                        "equal share); more are refused (1013)")
     max_message_bytes: int = 1 << 20
     vad_batch_interval_ms: float = _flag(4.0, "least time between batched model calls: longer batches more "
                                               "streams per call (less CPU), shorter answers sooner")
