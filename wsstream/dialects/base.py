@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from wsstream.codecs import AudioFormat
+from wsstream.codecs import AudioFormat, FormatError
 from wsstream.config import StreamConfig
 from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, Refused, Warning
 from wsstream.reply import ReplyOnPause
@@ -59,6 +61,34 @@ class Dialect(Protocol):
     def serialize(self, event: OutEvent) -> str | bytes | None:
         """One core event to a wire message, or None when this dialect does not send it."""
         ...
+
+
+# A telephone bridge plays what it is sent into its own buffer: the server keeps that much ahead of real
+# time, enough to ride out network jitter, little enough that a flush on barge-in cuts the old reply off
+# within it.
+MIN_LEAD_MS, MAX_LEAD_MS = 100.0, 200.0
+
+
+def telephony_setup(fmt: AudioFormat, config: StreamConfig, *, frame_ms: float = 20.0) -> StreamSetup:
+    """The setup every telephone bridge needs: full frames of the size it expects (``frame_ms``, the last
+    one padded), paced, with the lead kept within 100–200 ms. Input and output in ``fmt`` until the
+    provider's own start message says otherwise."""
+    config = dataclasses.replace(config, frame_ms=frame_ms, pad_last_frame=True,
+                                 lead_ms=min(max(config.lead_ms, MIN_LEAD_MS), MAX_LEAD_MS))
+    return StreamSetup(fmt, None, config)
+
+
+def finite_int(value: Any, name: str) -> int:
+    """A numeric field of a provider's message as an int; FormatError for inf, nan, huge, non-numbers."""
+    if isinstance(value, bool):
+        raise FormatError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FormatError(f"{name} must be a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(number) or not 0 < number < 1e9:
+        raise FormatError(f"{name} out of range: {str(value)[:40]}")
+    return int(number)
 
 
 def fastrtc_message(event: OutEvent) -> str | None:

@@ -13,7 +13,6 @@ core), never fatal: a phone call must not drop because a bridge sent something o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import Any
@@ -28,6 +27,7 @@ from wsstream.dialects.base import (
     encode_payload,
     load_json_object,
     parse_mark,
+    telephony_setup,
 )
 from wsstream.events import AudioIn, AudioOut, Clear, Dtmf, InEvent, Mark, Notice, OutEvent, Start, Stop
 from wsstream.reply import ReplyOnPause
@@ -35,7 +35,6 @@ from wsstream.reply import ReplyOnPause
 # mediaFormat.encoding as Twilio (and bridges that speak its protocol) name them
 MEDIA_ENCODINGS = {"audio/x-mulaw": "mulaw", "audio/x-alaw": "alaw", "audio/pcmu": "mulaw", "audio/pcma": "alaw"}
 DEFAULT_FORMAT = AudioFormat("mulaw", 8000)
-MIN_LEAD_MS, MAX_LEAD_MS = 100.0, 200.0
 
 
 class TwilioDialect:
@@ -48,15 +47,8 @@ class TwilioDialect:
         self.call_sid: str | None = None
 
     def setup(self, query: str, app: ReplyOnPause, config: StreamConfig) -> StreamSetup:
-        """μ-law 8 kHz until ``start`` says otherwise; full 20 ms frames, paced.
-
-        The lead (audio sent ahead of real time) is the server's, kept within 100–200 ms:
-        enough to ride out network jitter, small enough that ``clear`` on barge-in cuts the
-        old reply off within it.
-        """
-        config = dataclasses.replace(config, frame_ms=20.0, pad_last_frame=True,
-                                     lead_ms=min(max(config.lead_ms, MIN_LEAD_MS), MAX_LEAD_MS))
-        return StreamSetup(DEFAULT_FORMAT, None, config)
+        """μ-law 8 kHz until ``start`` says otherwise; full 20 ms frames, paced."""
+        return telephony_setup(DEFAULT_FORMAT, config)
 
     def audio(self, message: bytes) -> bytes:
         raise ProtocolError("binary frame: Twilio Media Streams sends JSON text messages only")

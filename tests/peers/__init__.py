@@ -1,0 +1,1 @@
+"""Scripted telephone bridges, one wire per provider (see peers.base)."""
