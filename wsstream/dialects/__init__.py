@@ -7,8 +7,14 @@ Adding a dialect is writing one module with a class that satisfies
 from wsstream.dialects.base import Dialect, ProtocolError, StreamSetup
 from wsstream.dialects.fastrtc import FastrtcDialect
 from wsstream.dialects.native import NativeDialect
+from wsstream.dialects.telephony import Provider, TelephonyDialect, recognising
 from wsstream.dialects.twilio import TwilioDialect
 
-DIALECTS: dict[str, type[Dialect]] = {d.path: d for d in (NativeDialect, FastrtcDialect, TwilioDialect)}
+# the telephone bridges, each on its own path and all behind /telephony (which tells them apart)
+PROVIDERS: tuple[type[Provider], ...] = (TwilioDialect,)
 
-__all__ = ["DIALECTS", "Dialect", "FastrtcDialect", "NativeDialect", "ProtocolError", "StreamSetup", "TwilioDialect"]
+DIALECTS: dict[str, type[Dialect]] = {d.path: d for d in (NativeDialect, FastrtcDialect, *PROVIDERS,
+                                                             recognising(PROVIDERS))}
+
+__all__ = ["DIALECTS", "PROVIDERS", "Dialect", "FastrtcDialect", "NativeDialect", "ProtocolError", "StreamSetup",
+           "TelephonyDialect", "TwilioDialect"]

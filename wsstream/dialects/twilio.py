@@ -50,6 +50,13 @@ class TwilioDialect:
         """μ-law 8 kHz until ``start`` says otherwise; full 20 ms frames, paced."""
         return telephony_setup(DEFAULT_FORMAT, config)
 
+    @staticmethod
+    def recognises(msg: dict[str, Any]) -> bool:
+        """Twilio's ``start``: camelCase ids, a ``streamSid`` beside it (``connected`` is shared with Telnyx)."""
+        start = msg.get("start")
+        return (msg.get("event") == "start" and isinstance(start, dict) and isinstance(msg.get("streamSid"), str)
+                and ("callSid" in start or "accountSid" in start))
+
     def audio(self, message: bytes) -> bytes:
         raise ProtocolError("binary frame: Twilio Media Streams sends JSON text messages only")
 
