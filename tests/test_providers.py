@@ -62,7 +62,7 @@ async def run_call(url: str, provider: str, n: int, name: str, n_turns: int, mod
                    manifest: dict[str, Any]) -> Call:
     wire = WIRES[provider](n, custom={"file": name})
     if mode == "routed":
-        wire.path = "/telephony"
+        wire.path = "/telephony" + "".join(wire.path.partition("?")[1:])  # keep its query
     rate, bps = wire.sample_rate, bytes_per_sample(wire.encoding)
     audio = encode(load_corpus(name, rate), wire.encoding)
     peer = TelephonyPeer(url, wire)
@@ -239,7 +239,7 @@ async def test_reply_context_has_the_call_dtmf_and_markers(make_server: Any, pro
     server = await make_server(ReplyOnPause(fn=reply))
     wire = WIRES[provider](7, custom={"caller": "+15550100"})
     if path != "own":
-        wire.path = path
+        wire.path = path + "".join(wire.path.partition("?")[1:])
     audio = encode(load_corpus("dialog_06.flac", wire.sample_rate), wire.encoding)
     peer = TelephonyPeer(f"ws://127.0.0.1:{server.port}", wire)
     half = int(4.4 * wire.sample_rate) * bytes_per_sample(wire.encoding)

@@ -201,6 +201,8 @@ class TelephonyPeer:
                         self.play_end = t  # buffered audio dropped
                         if self.wire.marks_on_clear:
                             self._pending_marks = [(t, name) for _, name in self._pending_marks]
+                        else:  # a flushed marker is never reported
+                            self._pending_marks = []
                         await self.send_raw(self.wire.cleared())
                 self._changed.set()
         finally:
