@@ -62,12 +62,11 @@ class TelephonyDialect:
     def _recognise(self, message: str | bytes) -> list[InEvent]:
         names = ", ".join(p.name for p in self.providers)
         if isinstance(message, bytes):
-            raise ProtocolError(f"binary frame as a call's first message; /telephony takes calls from {names}",
-                                fatal=True)
+            raise ProtocolError(f"binary first message; /telephony takes calls from {names}", fatal=True)
         try:
             msg = load_json_object(message)
-        except ProtocolError as exc:
-            raise ProtocolError(f"unrecognised first message ({exc}); /telephony takes calls from {names}",
+        except ProtocolError:
+            raise ProtocolError(f"first message not a JSON object; /telephony takes calls from {names}",
                                 fatal=True) from None
         for provider in self.providers:
             if provider.recognises(msg):
@@ -75,9 +74,8 @@ class TelephonyDialect:
         if msg.get("event") == "connected" and len(self._held) < MAX_HELD:
             self._held.append(message)  # Twilio and Telnyx both open so: their start tells them apart
             return []
-        event = str(msg.get("event", msg.get("type", "")))[:40]
-        raise ProtocolError(f"unrecognised first message (event {event!r}); /telephony takes calls from {names}",
-                            fatal=True)
+        event = str(msg.get("event", msg.get("type", "")))[:24]
+        raise ProtocolError(f"unknown first message {event!r}; /telephony takes calls from {names}", fatal=True)
 
     def _hand_over(self, provider: type[Provider], message: str | bytes) -> list[InEvent]:
         inner = self.inner = provider()
