@@ -246,10 +246,14 @@ class StreamCore:
         if self.state is not StreamState.NEW and self.state is not StreamState.STARTED:
             self._emit(Error("start must come before any audio; this start was ignored"))
             return
+        reframed = event.frame_ms is not None and event.frame_ms != self.config.frame_ms
+        if reframed:
+            self.config = dataclasses.replace(self.config, frame_ms=event.frame_ms)
         if event.format is not None or event.output_format is not None:
             self._configure(event.format or self.input_format, event.output_format)
+        if event.format is not None or event.output_format is not None or reframed:
             reply = self._reply
-            if reply is not None and reply.encoder.fmt != self.output_format:
+            if reply is not None and (reply.encoder.fmt != self.output_format or reframed):
                 # the greeting began at the first start: it starts over, in the format asked for now
                 self.close_reply("cancelled")
                 if self.app.startup_fn is not None:

@@ -22,6 +22,7 @@ class Start:
     debug: bool = False
     client_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    frame_ms: float | None = None  # reply frames of this length from now on (a provider that wants its own)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ Adding a dialect is writing one module with a class that satisfies
 """
 
 from wsstream.dialects.base import Dialect, ProtocolError, StreamSetup
+from wsstream.dialects.exotel import ExotelDialect
 from wsstream.dialects.fastrtc import FastrtcDialect
 from wsstream.dialects.native import NativeDialect
 from wsstream.dialects.plivo import PlivoDialect
@@ -14,10 +15,11 @@ from wsstream.dialects.twilio import TwilioDialect
 from wsstream.dialects.vonage import VonageDialect
 
 # the telephone bridges, each on its own path and all behind /telephony (which tells them apart)
-PROVIDERS: tuple[type[Provider], ...] = (TwilioDialect, TelnyxDialect, PlivoDialect, VonageDialect)
+PROVIDERS: tuple[type[Provider], ...] = (TwilioDialect, TelnyxDialect, PlivoDialect, ExotelDialect,
+                                             VonageDialect)
 
 DIALECTS: dict[str, type[Dialect]] = {d.path: d for d in (NativeDialect, FastrtcDialect, *PROVIDERS,
                                                              recognising(PROVIDERS))}
 
-__all__ = ["DIALECTS", "PROVIDERS", "Dialect", "FastrtcDialect", "NativeDialect", "PlivoDialect", "ProtocolError",
-           "StreamSetup", "TelephonyDialect", "TelnyxDialect", "TwilioDialect", "VonageDialect"]
+__all__ = ["DIALECTS", "PROVIDERS", "Dialect", "ExotelDialect", "FastrtcDialect", "NativeDialect", "PlivoDialect",
+           "ProtocolError", "StreamSetup", "TelephonyDialect", "TelnyxDialect", "TwilioDialect", "VonageDialect"]

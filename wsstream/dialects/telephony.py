@@ -81,18 +81,16 @@ class TelephonyDialect:
         inner = self.inner = provider()
         assert self._app is not None and self._config is not None
         events: list[InEvent] = [Notice(f"recognised as a {provider.name} call", level=logging.INFO)]
-        if inner.setup(self._query, self._app, self._config).config != telephony_setup(
-                AudioFormat("mulaw", 8000), self._config).config:
-            events.append(Notice(f"{provider.name} wants other frames than /telephony sends; "
-                                 f"point it at {provider.path}", "telephony_setup_mismatch", logging.ERROR))
         held, self._held = self._held, []
         for m in [*held, message]:
             try:
                 events.extend(inner.parse(m))
             except ProtocolError as exc:
                 events.append(Notice(f"{provider.name}: {exc}", "telephony_held_message_errors"))
-        # the reply function sees which provider the call came from
-        return [dataclasses.replace(e, context={**e.context, "provider": provider.name})
+        # the reply function sees which provider the call came from; the frames are the ones it wants
+        frame_ms = inner.setup(self._query, self._app, self._config).config.frame_ms
+        return [dataclasses.replace(e, context={**e.context, "provider": provider.name},
+                                    frame_ms=e.frame_ms if e.frame_ms is not None else frame_ms)
                 if isinstance(e, Start) else e for e in events]
 
     def serialize(self, event: OutEvent) -> str | bytes | None:
