@@ -114,7 +114,9 @@ class Harness:
 
     def __init__(self, app: ReplyOnPause | None = None, **config: Any) -> None:
         self.engine = types.SimpleNamespace(_closing=[])
-        self.core = StreamCore(app or ReplyOnPause(answer), lambda rate: VadStream(self.engine, rate, 4.0),
+        # (barge-in at once, as before interrupt_ms: tests/test_turn_taking.py checks the backchannel rule)
+        app = app or ReplyOnPause(answer, interrupt_ms=0)
+        self.core = StreamCore(app, lambda rate: VadStream(self.engine, rate, 4.0),
                                stream_id="t1", config=StreamConfig(**config))
         self.now = 0.0
         self.chunks: list[np.ndarray] = []  # every audio message the core took

@@ -16,6 +16,8 @@ from vad.detector import (
 )
 
 W = 512  # 32 ms at 16 kHz
+SUB = W // 4  # a level sub-window, 8 ms
+ROOM_DB = -62.0
 
 
 def run(probs: list[float], levels: np.ndarray | None = None, **opts: float) -> tuple[PauseDetector, list]:
@@ -115,16 +117,18 @@ def test_chunking_does_not_change_events() -> None:
     assert pieces == whole and len(whole) > 2
 
 
-def test_quiet_tail_extends_speech_end() -> None:
+@pytest.mark.parametrize("backdate", [True, False])
+def test_quiet_tail_extends_speech_end(backdate: bool) -> None:
     # The model stops calling it speech at window 30, but the signal stays well above the
-    # noise floor for two more windows: the pause counts from the end of that tail.
+    # noise floor for two more windows: the pause counts from the end of that tail (back-dated:
+    # one sub-window later still, as the speech may go on below the bar for part of it).
     probs = [0.0] * 10 + [0.9] * 20 + [0.1] * 40
     levels = np.full((70, 4), -70.0)
     levels[10:30] = -20.0
     levels[30:32] = -45.0  # quiet tail, 25 dB above the floor
-    _, events = run(probs, levels)
+    _, events = run(probs, levels, backdate=backdate)
     (paused,) = [e for e in events if isinstance(e, PauseDetected)]
-    assert paused.speech_end == 32 * W
+    assert paused.speech_end == 32 * W + (SUB if backdate else 0)
     assert paused.at - paused.speech_end >= 9600
     # without levels, the pause counts from the model's last speech window
     _, events = run(probs)
@@ -137,7 +141,7 @@ def test_tail_extension_is_bounded() -> None:
     probs = [0.9] * 20 + [0.1] * 60
     levels = np.full((80, 4), -70.0)
     levels[20:] = -30.0
-    _, events = run(probs, levels, tail_ms=200)
+    _, events = run(probs, levels, tail_ms=200, backdate=False)
     (paused,) = [e for e in events if isinstance(e, PauseDetected)]
     assert paused.speech_end == 20 * W + 3200
 
@@ -165,13 +169,125 @@ def test_force_end_during_onset_keeps_the_speech() -> None:
     assert forced is not None and forced.onset == 3 * W and forced.end == 7 * W
 
 
-def test_digital_silence_does_not_sink_the_noise_floor() -> None:
+@pytest.mark.parametrize("backdate", [True, False])
+def test_digital_silence_does_not_sink_the_noise_floor(backdate: bool) -> None:
     # Long digital silence (a muted line), then speech, then ordinary room tone at -62 dBFS:
     # the room tone must not count as the tail of the last word.
     n_sil, n_speech, n_room = 100, 20, 40
     probs = [0.0] * n_sil + [0.9] * n_speech + [0.05] * n_room
     levels = np.concatenate([np.full((n_sil, 4), -200.0), np.full((n_speech, 4), -20.0),
                              np.full((n_room, 4), -62.0)])
-    _, events = run(probs, levels)
+    _, events = run(probs, levels, backdate=backdate)
     (paused,) = [e for e in events if isinstance(e, PauseDetected)]
-    assert paused.speech_end == (n_sil + n_speech) * W
+    assert paused.speech_end == (n_sil + n_speech) * W + (SUB if backdate else 0)
+
+
+# ---- back-dating (issue 11): the pause counts from where the signal says the speech ended -------------
+
+
+def speech_levels(n: int, ends_at: int, room_db: float = ROOM_DB, speech_db: float = -20.0,
+                  room_from: int = 0) -> np.ndarray:
+    """Sub-window levels for n windows: room tone, speech from ``room_from`` windows in up to the
+    sample ``ends_at`` (to the sub-window), room tone after."""
+    flat = np.full(n * 4, room_db)
+    flat[room_from * 4:ends_at // SUB] = speech_db
+    return flat.reshape(n, 4)
+
+
+def first_pause(probs: list[float], levels: np.ndarray | None, **opts: float) -> PauseDetected:
+    _, events = run(probs, levels, **opts)
+    (paused,) = [e for e in events if isinstance(e, PauseDetected)]
+    return paused
+
+
+def test_trailing_probability_is_back_dated_but_never_before_the_speech() -> None:
+    # Speech (after 1 s of room tone, so the room is known) ends mid-window; the model goes on
+    # scoring speech for 2 more windows (64 ms), as Silero's probability trails the end.
+    lead, talk = 32, 40
+    end = (lead + talk) * W - 3 * SUB  # the last speech sample: a quarter window into a window
+    probs = [0.0] * lead + [0.9] * (talk + 2) + [0.05] * 40
+    levels = speech_levels(len(probs), end, room_from=lead)
+    ours = first_pause(probs, levels)
+    plain = first_pause(probs, None)
+    assert ours.speech_end >= end and ours.at >= end + 9600  # never earlier than the truth
+    assert ours.speech_end - end <= 2 * SUB  # found to the sub-window, not where the model fell
+    assert plain.at - ours.at >= 2 * W  # and so the decision comes sooner than on probabilities alone
+
+
+def test_intra_turn_gap_held_by_the_probability_is_not_a_pause() -> None:
+    # A 480 ms gap at room level inside a turn, through which the model keeps scoring speech: the
+    # silence counts from the gap's start, but the next phrase comes before the pause is up.
+    lead = 32
+    probs = [0.0] * lead + [0.9] * 20 + [0.9] * 15 + [0.9] * 20 + [0.05] * 30
+    flat = np.full(len(probs) * 4, ROOM_DB)
+    flat[lead * 4:(lead + 20) * 4] = -20.0
+    flat[(lead + 35) * 4:(lead + 55) * 4] = -20.0
+    _, events = run(probs, flat.reshape(-1, 4))
+    paused = [e for e in events if isinstance(e, PauseDetected)]
+    assert len(paused) == 1 and paused[0].speech_end >= (lead + 55) * W
+    # a gap of 800 ms is a pause even though the model held it: the silence counts from at most
+    # tail_ms - lookback_ms (100 ms) after the speaker's last window, and the speaker was silent longer
+    probs = [0.0] * lead + [0.9] * 20 + [0.9] * 25 + [0.9] * 20 + [0.05] * 30
+    flat = np.full(len(probs) * 4, ROOM_DB)
+    flat[lead * 4:(lead + 20) * 4] = -20.0
+    flat[(lead + 45) * 4:(lead + 65) * 4] = -20.0
+    _, events = run(probs, flat.reshape(-1, 4))
+    paused = [e for e in events if isinstance(e, PauseDetected)]
+    assert len(paused) == 2 and (lead + 20) * W + 9600 + 1600 <= paused[0].at < (lead + 45) * W
+
+
+def test_end_never_before_the_models_last_speech_window_minus_lookback() -> None:
+    # The signal drops to room level at window 52, the model keeps scoring speech for 6 windows more
+    # (192 ms, within tail_ms): the end is taken no earlier than that last window minus lookback_ms,
+    # since the model may be hearing what the level cannot (a tail under the noise).
+    lead = 32
+    probs = [0.0] * lead + [0.9] * 26 + [0.05] * 40
+    flat = np.full(len(probs) * 4, ROOM_DB)
+    flat[lead * 4:(lead + 20) * 4] = -20.0
+    for lookback in (50, 100, 150):
+        paused = first_pause(probs, flat.reshape(-1, 4), lookback_ms=lookback)
+        assert paused.speech_end == max((lead + 26) * W - lookback * 16, (lead + 20) * W + SUB)
+
+
+def test_digital_silence_does_not_pull_the_decision_early() -> None:
+    # A muted telephone leg: exact zeros between turns (levels far below any signal), the model falling
+    # fast on them. The room is never learned from zeros, and the pause is never before the speech + pause.
+    lead, talk = 40, 30
+    for cut in (0, 1, 2, 3):  # the speech ends in each sub-window of its last window
+        end = (lead + talk) * W - cut * SUB
+        probs = [0.0] * lead + [0.9] * talk + [0.05] * 40
+        flat = np.full(len(probs) * 4, -120.0)
+        flat[lead * 4:end // SUB] = -25.0
+        flat[end // SUB - 1] = -58.0  # the very end of the word, quieter than any room tone
+        det, events = run(probs, flat.reshape(-1, 4))
+        (paused,) = [e for e in events if isinstance(e, PauseDetected)]
+        assert paused.speech_end >= end and paused.at >= end + 9600
+        assert paused.at - end <= 9600 + W + 2 * SUB
+        assert det.background.count == 0  # nothing learned from the zeros
+
+
+def test_talkers_in_the_background_do_not_hold_the_turn() -> None:
+    # After the speaker stops, other voices 15 dB quieter keep fooling the model every other window:
+    # they are the room, not the speaker, so the pause comes on time.
+    rng = np.random.default_rng(3)
+    lead, talk, after = 40, 40, 40
+    probs = [0.0] * lead + [0.95] * talk + [0.9 if i % 2 else 0.2 for i in range(after)]
+    flat = -40.0 + 2.5 * rng.standard_normal((lead + talk + after) * 4)
+    flat[lead * 4:(lead + talk) * 4] = -20.0 + 3 * rng.standard_normal(talk * 4)
+    end = (lead + talk) * W
+    paused = first_pause(probs, flat.reshape(-1, 4))
+    assert end + 9600 <= paused.at <= end + 9600 + 3 * W
+    plain = [e for e in run(probs, None)[1] if isinstance(e, PauseDetected)]
+    assert plain == []  # the model alone never lets the turn end
+
+
+def test_backdated_push_is_chunking_invariant() -> None:
+    rng = np.random.default_rng(7)
+    probs = np.repeat(rng.random(80) > 0.5, 6).astype(np.float32) * 0.9
+    levels = np.where(np.repeat(probs, 4).reshape(-1, 4) > 0, -20.0, -60.0) + rng.standard_normal((probs.size, 4))
+    _, whole = run(list(probs), levels)
+    det = PauseDetector(DetectorOptions(), 16000, W)
+    pieces = []
+    for chunk in np.array_split(np.arange(probs.size), 41):
+        pieces += det.push(probs[chunk], levels[chunk])
+    assert pieces == whole and sum(isinstance(e, PauseDetected) for e in whole) >= 2

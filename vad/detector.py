@@ -7,23 +7,41 @@ first sample, so every event is exact to the window that caused it.
 States::
 
     IDLE --p>=threshold--> ONSET --speech lasted min_speech--> TALKING --silence lasted pause--> IDLE
-                             |  p<neg_threshold                   ^ p>=threshold (pause_cancelled)
+                             |  p<neg_threshold                   ^ speech again (pause_cancelled)
                              v                                    |
                             IDLE                         TALKING+silence (pause_tentative)
 
-Silence is measured from the end of the speech: the end of the last window at or
-above ``threshold``, pushed later by the signal itself when the caller passes
-per-sub-window levels. Silero's probability often drops while a quiet tail of
-the word (a fading vowel, a final consonant) is still sounding; a sub-window
-louder than the tracked noise floor within ``tail_ms`` after the last speech
-window extends the speech to its end, so the pause is counted from when the
-speaker really stopped, never from before. The silence is only taken as a pause
-candidate once a window falls below ``neg_threshold`` (hysteresis).
+With probabilities alone, silence is measured from the end of the last window at
+or above ``threshold``. Silero's probability trails the end of speech by 60-120
+ms (more in noise), and sometimes falls while a quiet tail of the word is still
+sounding; so when the caller passes per-sub-window levels, the pause is counted
+from where the signal says the speech ended (back-dating, the default):
+
+* The background is learned from windows the model calls silence, well away
+  from any speech (``_Background``): its mean power and spread, so a noisy room
+  raises the bar by exactly as much as its noise varies.
+* A window is the speaker's when the model says speech (p >= threshold) and its
+  loudest sub-window stands out of the background. Only such a window starts a
+  turn, continues it, or cancels a pause: background talkers that fool the model
+  (babble), and the model's own trailing probability, do neither.
+* The end of speech is a change point on the sub-window powers around the
+  speaker's last window, from ``lookback_ms`` before it to ``tail_ms`` after it:
+  the point after which the power no longer exceeds the background's mean by
+  more than its spread (a cumulative-sum argmax). A tail under the noise cannot
+  be seen, so at low SNR the end may be found early by that tail's length.
+* The pause is decided ``pause_ms`` after that end, never while the model still
+  scores the current window as speech, and never from before ``lookback_ms``
+  ahead of the speaker's last window.
+
+Digital silence (exact zeros, as a muted line sends) is neither signal nor
+background: it is never learned as the noise, so the bar does not collapse, and
+it never counts as speech.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,16 +59,18 @@ class DetectorOptions:
     max_speech_s: float | None = None
     can_interrupt: bool = True
     tentative_ms: float | None = None
-    tail_ms: float = 200.0
+    tail_ms: float = 200.0  # how long after the speaker's last window the speech may still be going on
     onset_gap_ms: float = 100.0  # silence within an onset (before min_speech) that cancels it
-    tail_margin_db: float = 12.0
+    tail_margin_db: float = 12.0  # (backdate=False only) a tail is this much above the noise floor
+    backdate: bool = True  # with levels: count the pause from where the signal says the speech ended
+    lookback_ms: float = 100.0  # the earliest end of speech, before the speaker's last window
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.neg_threshold is not None and not 0.0 <= self.neg_threshold <= self.threshold:
             raise ValueError(f"neg_threshold must be in [0, threshold], got {self.neg_threshold}")
-        for name in ("min_speech_ms", "pause_ms", "prefix_padding_ms"):
+        for name in ("min_speech_ms", "pause_ms", "prefix_padding_ms", "tail_ms", "lookback_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_speech_s is not None and self.max_speech_s <= 0:
@@ -86,14 +106,37 @@ class PauseCancelled:
 @dataclass(frozen=True)
 class PauseDetected:
     onset: int
-    speech_end: int  # end of the last window at or above threshold
+    speech_end: int  # where the speech ended: the signal's end (back-dated), else the last speech window's
     start: int  # utterance start: onset minus prefix padding (>= 0)
     end: int  # utterance end: the end of the pause (== at)
     at: int
     reason: str = "pause"  # "pause", "max_speech", or "forced"
 
 
-NOISE_FLOOR_MIN_DB = -72.0
+NOISE_FLOOR_MIN_DB = -72.0  # the background is never taken as quieter than this (μ-law's smallest step)
+DIGITAL_SILENCE_DB = -100.0  # a sub-window below this holds (near-)exact zeros: no signal, no background
+_MIN_POWER = 10.0 ** (NOISE_FLOOR_MIN_DB / 10)
+# Background is learned only from windows the model calls silence, this far from any it calls (nearly)
+# speech and from digital silence: after (a word's tail can outlast the model's probability) and before
+# (the model's onset lags the signal, most after digital silence, where its state has heard nothing).
+_GUARD_AFTER_MS = 128.0
+_GUARD_BEFORE_MS = 192.0
+_BACKGROUND_SUBWINDOWS = 128  # its memory: about 1 s of 8 ms sub-windows
+_EXCESS_SIGMAS = 1.0  # a sub-window is speech-like when its power beats the mean by this many spreads
+_EXCESS_MIN = 0.12  # ... and by at least this fraction of the mean (0.5 dB), however steady the noise
+_VOICE_SIGMAS = 3.0  # the speaker's window: loudest sub-window this many dB-spreads over the mean level
+_VOICE_MIN_DB = 3.0  # ... and at least this many dB
+_CLIP_SIGMAS = 3.0  # a sub-window moves the background's estimate by at most this many spreads
+_TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
+_LOCAL_QUANTILE = 0.9
+_SPEAKER_QUANTILE = 0.9
+_SPEAKER_STEP_DB = 1.0
+_SPEAKER_RANGE_DB = 8.0
+_MIDPOINT = 0.5
+_LOCAL_MS = 192.0  # signal after the speech's latest end needed before it is the reference
+_PRIOR_SUBWINDOWS = 16
+_PRIOR_SPREAD_DB = 3.0
+_SETTLED_SUBWINDOWS = 32  # ... once it has learned this many (before, the first sub-windows are all it knows)
 
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
@@ -116,6 +159,60 @@ class State(enum.Enum):
     TALKING = "talking"
 
 
+class _Background:
+    """What the room sounds like without the speaker: running mean and spread of the sub-window power
+    (for the end-of-speech change point) and of the level in dB (for telling the speaker from the
+    background). Exponential with about 1 s of memory, a plain running mean until then."""
+
+    __slots__ = ("count", "level", "level_var", "power", "power_var")
+
+    def __init__(self, initial_db: float = -60.0) -> None:
+        self.count = 0
+        self.level = initial_db
+        self.level_var = 1.0
+        self.power = 10.0 ** (initial_db / 10)
+        self.power_var = (0.3 * self.power) ** 2
+
+    def learn(self, row: list[float]) -> None:
+        for x in row:
+            if x < DIGITAL_SILENCE_DB:
+                continue  # a muted line says nothing about the room
+            x = max(x, NOISE_FLOOR_MIN_DB)
+            self.count += 1
+            if self.count == 1:  # the first sub-window replaces the guess outright (and has no spread)
+                self.level, self.level_var = x, 0.0
+                self.power, self.power_var = 10.0 ** (x / 10), 0.0
+                continue
+            a = max(1.0 / self.count, 1.0 / _BACKGROUND_SUBWINDOWS)
+            # Huber-clipped: a stray loud sub-window (speech the model missed) moves the estimate by at
+            # most a few spreads, while a lasting change widens the spread until it is followed.
+            d = x - self.level
+            if self.count > _SETTLED_SUBWINDOWS:
+                clip = max(_CLIP_SIGMAS * self.level_var ** 0.5, _VOICE_MIN_DB)
+                d = min(max(d, -clip), clip)
+            dp = 10.0 ** ((self.level + d) / 10) - self.power  # (the clipped level, as power)
+            self.level += a * d
+            self.level_var += a * (d * d - self.level_var)
+            self.power += a * dp
+            self.power_var += a * (dp * dp - self.power_var)
+
+    def voice_gate(self) -> float:
+        """The dB level the speaker's loudest sub-window must reach in a window to be told from the room.
+        The spread starts from a prior (a room that varies by 3 dB) that a few sub-windows cannot undo."""
+        n = self.count
+        var = (n * self.level_var + _PRIOR_SUBWINDOWS * _PRIOR_SPREAD_DB ** 2) / (n + _PRIOR_SUBWINDOWS)
+        return self.level + max(_VOICE_SIGMAS * var ** 0.5, _VOICE_MIN_DB)
+
+    def relative_margin(self) -> float:
+        """How far above its mean power a sub-window must be to look like speech, as a fraction of it."""
+        mean = max(self.power, _MIN_POWER)
+        return max(_EXCESS_SIGMAS * self.power_var ** 0.5 / mean, _EXCESS_MIN)
+
+    def bar(self) -> float:
+        """The power a sub-window must beat to look like speech."""
+        return max(self.power, _MIN_POWER) * (1.0 + self.relative_margin())
+
+
 class PauseDetector:
     """Turns per-window speech probabilities into turn events with sample-exact positions."""
 
@@ -130,9 +227,21 @@ class PauseDetector:
         self._prefix = int(round(options.prefix_padding_ms * ms))
         self._max_speech = None if options.max_speech_s is None else int(options.max_speech_s * sample_rate)
         self._tail = int(round(options.tail_ms * ms))
+        self._lookback = int(round(options.lookback_ms * ms))
         self._onset_gap = int(round(options.onset_gap_ms * ms))
         self.position = 0  # samples consumed so far
-        self.noise_floor_db = -60.0
+        self.noise_floor_db = -60.0  # (backdate=False) the floor the level tail is measured against
+        self.background = _Background()
+        self.speaker_db: float | None = None  # the speaker's loud level (see _track_speaker)
+        self._guard_after = max(1, int(np.ceil(_GUARD_AFTER_MS * ms / window)))
+        self._guard_before = max(1, int(np.ceil(_GUARD_BEFORE_MS * ms / window)))
+        self._quiet_run = 0  # consecutive windows the model calls silence
+        self._pending: deque[list[float]] = deque()  # their levels, learned once far enough from speech
+        # the last sub-windows' (end position, power), enough to search for the end of speech
+        self._history: deque[tuple[int, float]] = deque()
+        self._local: list[float] = []  # powers after the latest end the speech can have (see _local_bar)
+        self._sub = window // 4  # (the sub-window, set again from the levels' shape)
+        self._min_local = max(1, int(round(_LOCAL_MS * ms)) // self._sub)
         self.reset()
 
     def reset(self) -> None:
@@ -141,8 +250,12 @@ class PauseDetector:
         self.onset = 0
         self.speech_end = 0
         self._vad_speech_end = 0
+        self._model_end = 0  # end of the model's last speech window in the run from the speaker's last
+        self._run_open = False
         self.in_silence = False
         self._tentative_sent = False
+        self._end_final = False  # the back-dated end has seen all the signal it depends on
+        self._local.clear()
 
     def push(self, probs: np.ndarray, levels: np.ndarray | None = None) -> list[DetectorEvent]:
         """Consume one probability per window, in order; return the events they caused.
@@ -150,53 +263,41 @@ class PauseDetector:
         ``levels`` (optional, [n_windows, k] in dBFS) are the RMS levels of k equal
         sub-windows of each window; see the module docstring for what they refine.
         """
+        probs = np.asarray(probs, dtype=np.float32)
+        if levels is not None and self.options.backdate:
+            return self._push_backdated(probs, np.asarray(levels))
+        return self._push_plain(probs, levels)
+
+    # ---- probabilities only (or backdate=False: the level tail of old) ----------------------
+
+    def _push_plain(self, probs: np.ndarray, levels: np.ndarray | None) -> list[DetectorEvent]:
         events: list[DetectorEvent] = []
         opts = self.options
         thr, neg = opts.threshold, opts.negative
         level_rows = None if levels is None else np.asarray(levels).tolist()  # plain floats (exact from float32):
         # a handful of sub-window levels per window is cheaper in Python than in per-window numpy calls
-        for k, p in enumerate(np.asarray(probs, dtype=np.float32).tolist()):
+        for k, p in enumerate(probs.tolist()):
             start = self.position
             end = start + self.window
             self.position = end
             if self.state is State.IDLE:
                 if p >= thr:
-                    self.state = State.ONSET
-                    self.onset = start
-                    self.speech_end = self._vad_speech_end = end
-                    self._check_onset(end, events)
+                    self._begin_onset(start, end, events)
             elif self.state is State.ONSET:
-                if p < neg:
-                    # A dip as short as a stop consonant does not cancel the onset; a longer one does.
-                    if end - self._vad_speech_end >= self._onset_gap:
-                        self.state = State.IDLE
-                else:
-                    if p >= thr:
-                        self.speech_end = self._vad_speech_end = end
-                    self._check_onset(end, events)
+                self._continue_onset(p >= thr, p < neg, end, events)
             else:
                 if p >= thr:
                     self.speech_end = end
                     self._vad_speech_end = end
-                    if self.in_silence and self._tentative_sent:
-                        events.append(PauseCancelled(at=end))
-                    self.in_silence = False
-                    self._tentative_sent = False
+                    self._resume(end, events)
                 else:
                     if p < neg:
                         self.in_silence = True
                     if level_rows is not None:
                         self._extend_tail(start, level_rows[k])
                 if self.in_silence:
-                    silence = end - self.speech_end
-                    if silence >= self._pause:
-                        events.append(self._finish(end, "pause"))
-                    elif not self._tentative_sent and silence >= self._tentative:
-                        self._tentative_sent = True
-                        events.append(PauseTentative(speech_end=self.speech_end, at=end))
-                if self._max_speech is not None and self.state is State.TALKING \
-                        and end - self.onset >= self._max_speech:
-                    events.append(self._finish(end, "max_speech"))
+                    self._check_silence(end, end - self.speech_end, events)
+                self._check_max_speech(end, events)
             if level_rows is not None and p < neg:
                 # Follow the noise floor on windows the model calls silence: instant fall, 1 dB/window rise,
                 # never below NOISE_FLOOR_MIN_DB, so digital silence (a muted leg) does not leave a floor so
@@ -212,8 +313,186 @@ class PauseDetector:
             tail_end = min(start + (last + 1) * sub, self._vad_speech_end + self._tail)
             self.speech_end = max(self.speech_end, tail_end)
 
+    # ---- back-dated: the signal says where the speech ended ------------------------------------
+
+    def _push_backdated(self, probs: np.ndarray, levels: np.ndarray) -> list[DetectorEvent]:
+        events: list[DetectorEvent] = []
+        opts = self.options
+        thr, neg = opts.threshold, opts.negative
+        background = self.background
+        history = self._history
+        rows = levels.tolist()
+        parts = len(rows[0]) if rows else 4
+        sub = self._sub = self.window // parts
+        for p, row in zip(probs.tolist(), rows, strict=True):
+            start = self.position
+            end = start + self.window
+            self.position = end
+            local_from = self._vad_speech_end + self._tail if self.state is State.TALKING else end
+            for i, x in enumerate(row):
+                power = 10.0 ** (x / 10) if x >= DIGITAL_SILENCE_DB else 0.0
+                pos = start + (i + 1) * sub
+                history.append((pos, power))
+                if pos > local_from:
+                    self._local.append(power)
+            keep = (end if self.state is State.IDLE else self._vad_speech_end) - self._lookback
+            while history and history[0][0] <= keep:
+                history.popleft()
+            loudest = max(row)
+            speaker = p >= thr and loudest >= self._voice_gate()
+            if speaker:
+                self._track_speaker(row)
+            if self.state is State.IDLE:
+                if speaker:
+                    self._begin_onset(start, end, events)
+            elif self.state is State.ONSET:
+                self._continue_onset(speaker, p < neg, end, events)
+            else:
+                if speaker:
+                    self._vad_speech_end = self._model_end = self.speech_end = end
+                    self._run_open = True
+                    self._end_final = False
+                    self._local.clear()
+                    self._resume(end, events)
+                else:
+                    self.in_silence = True  # (the model may still say speech: the signal is the room's)
+                    if self._run_open:  # the model's probability, unbroken since the speaker's last window
+                        if p < neg:
+                            self._run_open = False
+                        elif p >= thr and end <= self._vad_speech_end + self._tail:
+                            self._model_end = end
+                            self._end_final = False
+                if self.in_silence:
+                    if len(self._local) >= self._min_local:
+                        self.speech_end = self._backdated_end(end, self._local_bar())
+                    elif not self._end_final:
+                        self.speech_end = self._backdated_end(end, background.bar())
+                        self._end_final = end >= self._vad_speech_end + self._tail
+                    self._check_silence(end, end - self.speech_end, events)
+                self._check_max_speech(end, events)
+            # What may be learned as the room: what the model calls silence; before anyone has spoken, what it
+            # does not call speech; once the room is known, also what stays below both the speaker's windows
+            # and the speaker's level (talkers in the background that the model takes for speech).
+            if self.speaker_db is None:
+                quiet = p < thr or self.state is State.IDLE
+            elif background.count:
+                quiet = p < neg or loudest < min(background.voice_gate(), self.speaker_db - _SPEAKER_RANGE_DB)
+            else:  # (between turns only: inside one, speech softer than that is still the speaker's)
+                quiet = p < neg or (self.state is State.IDLE and loudest < self.speaker_db - _SPEAKER_RANGE_DB)
+            self._learn_background(quiet, row)
+        return events
+
+    def _local_bar(self) -> float:
+        """The excess bar from the signal after the speech's latest possible end (the room as it sounds
+        now, not as it was learned before the turn): a high quantile of its power, which a steady noise
+        passes as rarely as a bursty one (babble), and which the start of a next phrase the model has
+        not yet scored barely moves."""
+        local = sorted(self._local)
+        return max(local[int(_LOCAL_QUANTILE * len(local))], _MIN_POWER)
+
+    def _track_speaker(self, row: list[float]) -> None:
+        """Follow the speaker's loud level: the 90th percentile of the sub-windows the model calls speech
+        (a stochastic quantile step: up 0.9 dB when above, down 0.1 dB when below)."""
+        level = self.speaker_db
+        for x in row:
+            if x < DIGITAL_SILENCE_DB:
+                continue
+            if level is None:
+                level = x
+            elif x > level:
+                level += _SPEAKER_STEP_DB * _SPEAKER_QUANTILE
+            else:
+                level -= _SPEAKER_STEP_DB * (1.0 - _SPEAKER_QUANTILE)
+        self.speaker_db = level
+
+    def _voice_gate(self) -> float:
+        """The level a window's loudest sub-window must reach to be the speaker's: out of the background
+        once that is known; before, not far below the speaker's own level."""
+        background, speaker = self.background, self.speaker_db
+        if not background.count:
+            return -np.inf if speaker is None else speaker - _SPEAKER_RANGE_DB
+        gate = background.voice_gate()
+        if speaker is None:
+            return gate
+        return max(gate, speaker - max(_MIDPOINT * (speaker - background.level), _SPEAKER_RANGE_DB))
+
+    def _learn_background(self, quiet: bool, row: list[float]) -> None:
+        """Learn a window's levels once it is far enough from speech and digital silence, on both sides."""
+        if not quiet or max(row) < DIGITAL_SILENCE_DB:
+            self._quiet_run = 0
+            self._pending.clear()
+            return
+        self._quiet_run += 1
+        self._pending.append(row)
+        if len(self._pending) > self._guard_before:
+            oldest = self._pending.popleft()
+            if self._quiet_run - self._guard_before > self._guard_after:
+                self.background.learn(oldest)
+
+    def _backdated_end(self, now: int, bar: float) -> int:
+        """Where the speech ended: after the last sub-window past which the power never again beats
+        ``bar`` on balance (the argmax of the cumulative excess), searched from ``lookback_ms`` before the
+        speaker's last window to ``tail_ms`` after it; plus one sub-window, since the speech may go on
+        below the bar for part of the next one."""
+        first = self._vad_speech_end - self._lookback
+        last = min(now, self._vad_speech_end + self._tail)
+        after = self._vad_speech_end
+        best_end, total, best, below = first, 0.0, 0.0, 0
+        for pos, power in self._history:
+            if pos <= first:
+                continue
+            if pos > last:
+                break
+            total += power - bar
+            if total > best:
+                best, best_end = total, pos
+            if pos > after:  # past the speaker's last window the tail must be unbroken: a lull ends it
+                below = below + 1 if power < bar else 0
+                if below >= _TAIL_BREAK:
+                    break
+        if best > 0.0:
+            best_end += self._sub
+        return max(best_end, self._model_end - self._lookback)
+
+    # ---- shared steps -------------------------------------------------------------------------
+
+    def _begin_onset(self, start: int, end: int, events: list[DetectorEvent]) -> None:
+        self.state = State.ONSET
+        self.onset = start
+        self.speech_end = self._vad_speech_end = end
+        self._check_onset(end, events)
+
+    def _continue_onset(self, speech: bool, quiet: bool, end: int, events: list[DetectorEvent]) -> None:
+        if quiet:
+            # A dip as short as a stop consonant does not cancel the onset; a longer one does.
+            if end - self._vad_speech_end >= self._onset_gap:
+                self.state = State.IDLE
+            return
+        if speech:
+            self.speech_end = self._vad_speech_end = end
+        self._check_onset(end, events)
+
+    def _resume(self, end: int, events: list[DetectorEvent]) -> None:
+        if self.in_silence and self._tentative_sent:
+            events.append(PauseCancelled(at=end))
+        self.in_silence = False
+        self._tentative_sent = False
+
+    def _check_silence(self, end: int, silence: int, events: list[DetectorEvent]) -> None:
+        if silence >= self._pause:
+            events.append(self._finish(end, "pause"))
+        elif not self._tentative_sent and silence >= self._tentative:
+            self._tentative_sent = True
+            events.append(PauseTentative(speech_end=self.speech_end, at=end))
+
+    def _check_max_speech(self, end: int, events: list[DetectorEvent]) -> None:
+        if self._max_speech is not None and self.state is State.TALKING and end - self.onset >= self._max_speech:
+            events.append(self._finish(end, "max_speech"))
+
     def _check_onset(self, end: int, events: list[DetectorEvent]) -> None:
         if end - self.onset >= self._min_speech:
+            self._model_end = self._vad_speech_end
+            self._run_open = True
             self.state = State.TALKING
             self.in_silence = False
             self._tentative_sent = False

@@ -14,6 +14,7 @@ from wsstream.hub import HOOKS, Hub, StreamRefused, UnknownStream
 from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, current_context
 from wsstream.runner import StreamInfo, StreamRunner
 from wsstream.server import WsServer, serve
+from wsstream.stopwords import ReplyOnStopWords
 
 __all__ = [
     "HOOKS",
@@ -26,6 +27,7 @@ __all__ = [
     "ProtocolError",
     "ReplyContext",
     "ReplyOnPause",
+    "ReplyOnStopWords",
     "ReplyState",
     "ServerConfig",
     "StreamConfig",

@@ -12,7 +12,10 @@ the demo page). Every endpoint mounted from one hub, in as many apps as you
 like, shares its model, its inference worker and its concurrency limit. Each
 connection is two coroutines: a reader feeding the stream (it stops reading
 while inference is behind, so the client is pushed back) and a writer sending
-the stream's output in order.
+the stream's output in order. A client that takes nothing for
+``ServerConfig.write_stall_s`` is closed 1008, and a closing handshake is bounded
+as on our own transport: a client that has not answered our close within
+``CLOSE_TIMEOUT_S`` (less, for one known not to read) is dropped.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from wsstream.dialects import DIALECTS, Dialect, ProtocolError
 from wsstream.events import Close, Error, OutEvent
 from wsstream.hub import Hub, StreamRefused
 from wsstream.runner import StreamRunner, read_message, write_message
+from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON
 
 log = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 10.0  # one message the client's socket cannot take for this long ends the stream
+CLOSE_POLL_S = 0.05  # how often a closing connection is checked for its end
+READ_SLICE_S = 0.005  # the longest a reader runs without giving the loop a turn
 
 
 class _Connection:
@@ -48,6 +53,10 @@ class _Connection:
         self.hub = hub
         self.dialect = dialect
         self.gone = False  # the client disconnected: nothing more can be sent
+        self.stalled = False  # the client took nothing for write_stall_s: only the close is tried
+        self.close_deadline: float | None = None  # (loop time) our close went out: the client must answer by then
+        self._stall_counted = False
+        self._read_until = 0.0  # (loop time) the reader yields to the loop once past this
 
     async def run(self) -> None:
         hub, dialect = self.hub, self.dialect
@@ -70,10 +79,19 @@ class _Connection:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await hub.stream_ended(stream)
+        if self.close_deadline is not None:  # (the stream's slot is free already)
+            await self._finish_close(self.close_deadline, self.stalled or stream.overflowed)
 
     async def _read(self, stream: StreamRunner) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                # The server's receive returns at once while it holds messages (uvicorn queues every message
+                # of a read: 32,000 at 8 bytes each): give the loop a turn now and then, so one client's
+                # flood of tiny frames does not hold up every other stream.
+                if loop.time() > self._read_until:
+                    await asyncio.sleep(0)
+                    self._read_until = loop.time() + READ_SLICE_S
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     self.gone = True
@@ -96,28 +114,67 @@ class _Connection:
             stream.close(1011, "internal error")
 
     async def _write(self, stream: StreamRunner) -> None:
+        stall_s = self.hub.config.write_stall_s
         while True:
             event = await stream.next_output()
             if isinstance(event, Close):
                 if not self.gone:
-                    with contextlib.suppress(Exception):  # (the client may be gone meanwhile)
-                        # (a reason may quote a client's field name: a lone surrogate must not break the close)
-                        reason = event.reason[:120].encode("utf-8", "replace").decode("utf-8")
-                        await self.ws.close(event.code, reason)
+                    # (a client known not to read gets the shorter grace, as on our transport)
+                    not_reading = self.stalled or stream.overflowed
+                    await self._close(event, min(CLOSE_TIMEOUT_S, stall_s) if not_reading else CLOSE_TIMEOUT_S)
                 return
-            if not self.gone:
+            if not self.gone and not self.stalled:
                 try:
-                    # A client that takes nothing for this long is gone (or will not read): end the stream
-                    # and free its slot, as our transport's close timeout does.
-                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                    # (the ASGI server's send waits while its socket buffer is full: a stall is one send
+                    # that does not return)
+                    async with asyncio.timeout(stall_s):
                         await self._send(event, stream)
                 except TimeoutError:
-                    log.info("stream %s: the client took nothing for %.0f s; ending it", stream.id, SEND_TIMEOUT_S)
-                    self.gone = True
-                    stream.close(1008, "client is not reading")
+                    log.info("stream %s: the client has read nothing for %g s; closing it", stream.id, stall_s)
+                    self._count_stall()
+                    self.stalled = True
+                    stream.close(1008, STALL_REASON)  # (a no-op when the outbox overflow has closed it)
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     self.gone = True
                     stream.connection_lost()
+
+    def _count_stall(self) -> None:
+        """``write_stall_closes``: a connection ended because its client does not read (once each)."""
+        if not self._stall_counted:
+            self._stall_counted = True
+            self.hub.metrics.inc("write_stall_closes")
+
+    async def _close(self, event: Close, within: float) -> None:
+        """Start the closing handshake, which must be over within ``within`` (see ``_finish_close``)."""
+        deadline = asyncio.get_running_loop().time() + within
+        # (a reason may quote a client's field name: a lone surrogate must not break the close)
+        reason = event.reason[:120].encode("utf-8", "replace").decode("utf-8")
+        try:
+            async with asyncio.timeout_at(deadline):  # (the server's send waits while its buffer is full)
+                await self.ws.close(event.code, reason)
+        except TimeoutError:
+            pass
+        except Exception:  # (the client is gone meanwhile)
+            return
+        self.close_deadline = deadline
+
+    async def _finish_close(self, deadline: float, not_reading: bool) -> None:
+        """Wait until the ASGI server has ended the connection (the client answered our close), and drop
+        it at ``deadline`` if not: a client that does not read never answers, and the server would wait
+        forever for its buffer to drain. Only where the server lets us reach its transport (``_transport``);
+        elsewhere the server's own close timeout applies."""
+        transport = _transport(self.ws)
+        if transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        while not transport.is_closing() or transport.get_write_buffer_size():
+            if loop.time() >= deadline:
+                if not_reading or transport.get_write_buffer_size():  # (or our close is stuck behind the rest)
+                    self._count_stall()
+                log.info("a client did not answer our close in time; dropping the connection")
+                transport.abort()
+                return
+            await asyncio.sleep(CLOSE_POLL_S)
 
     async def _send(self, event: OutEvent, stream: StreamRunner | None = None) -> None:
         message = write_message(stream, self.dialect, event)
@@ -127,6 +184,16 @@ class _Connection:
             await self.ws.send_text(message)
         else:
             await self.ws.send_bytes(message)
+
+
+def _transport(websocket: WebSocket) -> Any | None:
+    """The ASGI server's transport under ``websocket``, where the server lets us reach it: ASGI has no
+    message to drop a connection (and ``websocket.close`` waits for the very buffer that does not
+    drain). uvicorn's ``receive`` is a method of its protocol, which holds the transport."""
+    protocol = getattr(getattr(websocket, "_receive", None), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    needed = ("abort", "is_closing", "get_write_buffer_size")
+    return transport if all(callable(getattr(transport, name, None)) for name in needed) else None
 
 
 def endpoint(hub: Hub, dialect: type[Dialect]) -> Callable[[WebSocket], Any]:

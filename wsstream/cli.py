@@ -54,10 +54,28 @@ def build_app(args: argparse.Namespace) -> ReplyOnPause:
         overrides["can_interrupt"] = False
     rates = {name: getattr(args, name) for name in ("input_sample_rate", "output_sample_rate")
              if getattr(args, name)}
+    for name in ("interrupt_ms", "idle_prompt_s"):
+        if getattr(args, name) is not None:
+            rates[name] = getattr(args, name)
+    if args.speculative:
+        rates["speculative"] = True
     try:
-        return dataclasses.replace(app, options=dataclasses.replace(app.options, **overrides), **rates)
-    except ValueError as exc:
+        app = dataclasses.replace(app, options=dataclasses.replace(app.options, **overrides), **rates)
+        if args.stop_word:
+            return stop_words_app(app, args.stop_word, args.stop_word_activation)
+        return app
+    except (ValueError, ImportError) as exc:
         raise SystemExit(f"invalid option: {exc}") from None
+
+
+def stop_words_app(app: ReplyOnPause, words: list[str], activation: str) -> ReplyOnPause:
+    """``--stop-word``: the same app, answering only once one of ``words`` has been heard."""
+    from wsstream.stopwords import ReplyOnStopWords
+
+    if isinstance(app, ReplyOnStopWords):
+        return dataclasses.replace(app, stop_words=tuple(words), activation=activation, spotter=None)
+    base = {f.name: getattr(app, f.name) for f in dataclasses.fields(ReplyOnPause)}
+    return ReplyOnStopWords(**base, stop_words=tuple(words), activation=activation)  # type: ignore[arg-type]
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -181,6 +199,16 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help=f"pause detector option (default {getattr(defaults, name)})")
     s.add_argument("--no-interrupt", action="store_true", help="user speech does not stop a reply (no barge-in)")
+    s.add_argument("--interrupt-ms", type=float, default=None,
+                   help="user speech over a reply that stops it (default 500; shorter is a backchannel; 0: any)")
+    s.add_argument("--idle-prompt-s", type=float, default=None,
+                   help="call the reply function after this much silence following a reply (default: never)")
+    s.add_argument("--speculative", action="store_true",
+                   help="start the reply function at pause_tentative, its audio held until pause_detected")
+    s.add_argument("--stop-word", action="append", default=[], metavar="WORD",
+                   help="answer only after hearing this word or phrase (repeatable; needs the stopwords extra)")
+    s.add_argument("--stop-word-activation", default="turn", choices=("turn", "conversation"),
+                   help="one request per stop word (turn, the default), or every turn until a quiet period")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port with SO_REUSEPORT, each with its own model (default 1)")
     for hidden in ("--worker-index", "--ready-fd", "--parent-fd"):  # set by the --workers supervisor

@@ -67,6 +67,11 @@ class ServerConfig:
     vad_batch_interval_ms: float = _flag(4.0, "least time between batched model calls: longer batches more "
                                               "streams per call (less CPU), shorter answers sooner")
     ping_interval_s: float = 20.0  # keepalive pings; a connection silent for 3 intervals is dropped
+    write_stall_s: float = _flag(10.0, "a client that takes none of our output for this long (it does not read) "
+                                       "is closed with 1008, and dropped if even the close cannot be sent")
+    reply_threads: int = _flag(32, "threads for plain (sync) reply functions, shared by every stream: a reply "
+                                   "waits for one when all are busy (warned in the log), and fails if none is free "
+                                   "in time")
     drain_s: float = _flag(0.0, "on SIGTERM/SIGINT, stop listening and let calls in progress go on for up to "
                                 "this many seconds before closing them (default 0: close at once with 1001)")
     reuse_port: bool = False  # set for the workers of --workers N
@@ -79,7 +84,9 @@ class ServerConfig:
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
         _check(0 <= self.vad_batch_interval_ms <= 100, "vad_batch_interval_ms must be in 0..100")
         _check(self.ping_interval_s > 0, "ping_interval_s must be > 0")
+        _check(self.write_stall_s > 0, f"write_stall_s must be > 0, got {self.write_stall_s}")
         _check(self.drain_s >= 0, "drain_s must be >= 0")
+        _check(self.reply_threads >= 1, f"reply_threads must be >= 1, got {self.reply_threads}")
 
 
 def tune_process(*, switch_interval_s: float = 0.0005, freeze_gc: bool = True) -> None:

@@ -46,6 +46,7 @@ from wsstream.events import (
     SetInputs,
     Start,
     Stop,
+    StopWord,
     Trigger,
     VadTrace,
     Warning,
@@ -54,6 +55,7 @@ from wsstream.history import AudioHistory
 from wsstream.metrics import Metrics
 from wsstream.playout import FrameEncoder
 from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, StreamFacts
+from wsstream.stopwords import Activation, Answer, ReplyOnStopWords, Spot, StopWordGate, clip
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class StreamStarted:
     client_id: str | None
 
 
-Command = StartReply | CancelReply
+Command = StartReply | CancelReply | Spot
 Output = OutEvent | Command | ReplyEnded | StreamStarted
 
 
@@ -120,6 +122,7 @@ class _Reply:
     encoder: FrameEncoder
     state: ReplyState = ReplyState.RUNNING
     spoke: bool = False  # its first frame went out (response_starting said)
+    speculative: bool = False  # started at pause_tentative: held back until the pause is confirmed
     closes: bool = False  # it yielded CloseStream: the stream ends once it has played
 
 
@@ -138,7 +141,13 @@ class StreamCore:
         self.context = ReplyContext(self.facts)  # what reply functions see: a read-only view of ``facts``
         cap = self.config.max_utterance_s
         opts = app.options
-        self.options = dataclasses.replace(opts, max_speech_s=min(opts.max_speech_s or cap, cap))
+        # a speculative reply starts at pause_tentative: a quarter of the pause (at most 150 ms) leaves it
+        # most of the pause to work in, unless the app chose the moment itself
+        tentative = opts.tentative_ms
+        if app.speculative and tentative is None:
+            tentative = min(150.0, opts.pause_ms / 4)
+        self.options = dataclasses.replace(opts, max_speech_s=min(opts.max_speech_s or cap, cap),
+                                           tentative_ms=tentative)
         self.state = StreamState.NEW
         self.debug = False
         self.samples_in = 0  # audio samples taken in (published to metrics when the stream ends)
@@ -152,6 +161,9 @@ class StreamCore:
         self._play_until = 0.0  # when the client will have played everything sent so far
         self._windows_seen = 0
         self._finish_by = 0.0
+        self._barge: int | None = None  # onset of speech over a reply, not yet long enough to interrupt it
+        self._barge_heard = 0  # the end of its speech so far
+        self._idle_at: float | None = None  # when an idle prompt is due (None: none armed)
         self.vad: VadStream
         self._configure(input_format or AudioFormat(), output_format)
 
@@ -163,6 +175,9 @@ class StreamCore:
         self.output_format = out or fmt
         self.vad = self._open_vad(fmt.sample_rate)
         self.detector = PauseDetector(self.options, self.vad.rate, self.vad.window)
+        app = self.app
+        self._gate = StopWordGate(app, self.vad.rate) if isinstance(app, ReplyOnStopWords) else None
+        self._interrupt_len = int(app.interrupt_ms * self.vad.rate / 1000)
         self.history = AudioHistory(int((self.config.max_utterance_s + 2.0) * fmt.sample_rate))
         # what the audio hot path needs, computed once
         self._encoding = fmt.encoding
@@ -257,7 +272,7 @@ class StreamCore:
                 # the greeting began at the first start: it starts over, in the format asked for now
                 self.close_reply("cancelled")
                 if self.app.startup_fn is not None:
-                    self._begin_reply(self.app.startup_fn, (), {}, now)
+                    self._begin_reply(self.app.startup_fn, (), {}, now, "startup")
         if event.inputs is not None:
             self.set_inputs(event.inputs)
         self.debug = event.debug
@@ -270,7 +285,7 @@ class StreamCore:
         was_new = self.state is StreamState.NEW
         self.state = to
         if was_new and self.app.startup_fn is not None:
-            self._begin_reply(self.app.startup_fn, (), {}, now)
+            self._begin_reply(self.app.startup_fn, (), {}, now, "startup")
 
     def set_inputs(self, data: Any) -> None:
         """fastrtc's ``set_input``: a list is positional, a dict keyword arguments, anything else one value."""
@@ -330,14 +345,40 @@ class StreamCore:
                 break  # (decided per event: one batch may hold a turn's end, its reply, then new speech)
             if isinstance(ev, StartedTalking):
                 self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
+                if self._gate is not None:
+                    self._gate.turn_started(ev.onset, now)
+                if self._idle_at is not None:  # the user spoke: no idle prompt for this silence
+                    self._idle_at = None
+                    if self._reply is None:
+                        self.deadline = self._finish_deadline()
                 if can_interrupt and self._audible():
-                    self._interrupt(now)
+                    barge = self._barge = ev.onset if self._barge is None else min(self._barge, ev.onset)
+                    if ev.at - barge >= self._interrupt_len:
+                        self._interrupt(now)  # (else it interrupts once it has lasted interrupt_ms)
+                        self._barge = None
+            elif isinstance(ev, PauseDetected) and self._barge is not None:
+                self._backchannel(ev)
             elif isinstance(ev, PauseTentative):
                 self._log("pause_tentative", t=round(ev.at / rate, 3))
+                if self.app.speculative:
+                    self._speculate(ev, now)
             elif isinstance(ev, PauseCancelled):
                 self._log("pause_cancelled", t=round(ev.at / rate, 3))
+                reply = self._reply
+                if reply is not None and reply.speculative:
+                    self.metrics.inc("speculative_wasted")
+                    self.close_reply("cancelled")  # (nothing of it was sent: no clear)
             elif isinstance(ev, PauseDetected):
                 self._turn_ended(ev, now)
+        if can_interrupt and self._interrupt_len:
+            self._follow_barge(now)
+        gate = self._gate
+        if gate is not None and detector.state is State.TALKING and self.state is not StreamState.CLOSED:
+            window = gate.window(detector.speech_end, detector.onset)  # (speech only, no silence after)
+            if window is not None:
+                start, end = window
+                self._emit(gate.spot(start, end, (self.input_format.sample_rate, self.history.slice(
+                    self._to_input(start), self._to_input(end)))))
         idle = detector.state is State.IDLE
         if not can_interrupt and self._reply is not None and not idle:
             detector.reset()
@@ -351,14 +392,100 @@ class StreamCore:
     def _to_input(self, position: int) -> int:
         return position * self.input_format.sample_rate // self.detector.rate
 
-    def _turn_ended(self, ev: PauseDetected, now: float) -> None:
+    def _turn_ended(self, ev: PauseDetected, now: float, reason: str = "turn") -> None:
         rate = self.detector.rate
         audio = self.history.slice(self._to_input(ev.start), self._to_input(ev.end))
         speech_s = audio.size / self.input_format.sample_rate
         self._log("pause_detected", t=round(ev.at / rate, 3), speech_s=round(speech_s, 3),
                   speech_end=round(ev.speech_end / rate, 3), reason=ev.reason)
         self.metrics.inc("turns")
-        self._begin_reply(self.app.fn, ((self.input_format.sample_rate, audio), *self._args), self._kwargs, now)
+        reply = self._reply
+        if reply is not None and reply.speculative:  # started at pause_tentative: its turn is confirmed
+            self.metrics.inc("speculative_used")
+            reply.speculative = False
+            self._pump(now)
+            return
+        gate = self._gate
+        if gate is None or reason != "turn":
+            self._reply_to(audio, now, reason)
+            return
+        decision = gate.turn_ended(ev, audio, now)
+        if isinstance(decision, Answer):
+            self._reply_to(clip(audio, ev, decision.start), now)
+        elif decision is not None:
+            self._spot_pending(gate, decision)
+        elif gate.state is not Activation.ARMED:
+            self._unanswered(ev)
+
+    def _speculate(self, ev: PauseTentative, now: float) -> None:
+        """pause_tentative: call the reply function now on the turn so far, its output held back."""
+        if self._reply is not None or self._barge is not None or self._gate is not None or self._audible():
+            return  # (only a turn of its own, with nobody else's words playing or gated)
+        detector = self.detector
+        start = max(detector.onset - int(self.options.prefix_padding_ms * detector.rate / 1000), 0)
+        audio = self.history.slice(self._to_input(start), self._to_input(detector.position))
+        self.metrics.inc("speculative_started")
+        self._reply_to(audio, now)
+        assert self._reply is not None
+        self._reply.speculative = True
+
+    def _follow_barge(self, now: float) -> None:
+        """Speech over a reply, from its first window: the detector may drop an onset broken by a quiet
+        window and count again from after it, but the listener heard the talker from the start."""
+        detector, barge = self.detector, self._barge
+        if detector.state is not State.IDLE:
+            if barge is None and self._audible():
+                barge = self._barge = detector.onset
+            if barge is not None:
+                self._barge_heard = detector.speech_end
+                if detector.state is State.TALKING and detector.speech_end - barge >= self._interrupt_len:
+                    self._barge = None  # not a backchannel: the user is talking over the reply
+                    if self._audible() and self.state is not StreamState.CLOSED:
+                        self._interrupt(now)
+        elif barge is not None and detector.position - self._barge_heard > self._interrupt_len:
+            self._barge = None  # (a sound that never became a turn, long enough ago)
+
+    def _backchannel(self, ev: PauseDetected) -> None:
+        """A turn spoken over a reply that ended before ``interrupt_ms``: heard, not answered."""
+        self._barge = None
+        rate = self.detector.rate
+        self.metrics.inc("backchannels")
+        self._log("backchannel", t=round(ev.at / rate, 3), speech_s=round((ev.speech_end - ev.start) / rate, 3))
+
+    def _reply_to(self, audio: np.ndarray, now: float, reason: str = "turn") -> None:
+        self._begin_reply(self.app.fn, ((self.input_format.sample_rate, audio), *self._args), self._kwargs, now,
+                          reason)
+
+    def _unanswered(self, ev: PauseDetected) -> None:
+        self.metrics.inc("turns_without_stop_word")
+        self._log("turn_ignored", t=round(ev.at / self.detector.rate, 3), reason="no stop word")
+
+    def _spot_pending(self, gate: StopWordGate, window: tuple[int, int]) -> None:
+        audio = gate.pending_audio(*window)
+        if audio is not None:
+            self._emit(gate.spot(*window, (self.input_format.sample_rate, audio)))
+
+    def spot_done(self, seq: int, result: Any, now: float) -> None:
+        """The spotter's answer for ``Spot`` ``seq`` (or what it raised: counted, taken as not heard)."""
+        gate = self._gate
+        if gate is None or self.state is StreamState.CLOSED:
+            return
+        if isinstance(result, BaseException):
+            self.metrics.inc("spotter_errors")
+            log.warning("stream %s: the stop-word spotter failed: %s: %s", self.facts.session_id,
+                        type(result).__name__, result)
+        pending = gate.pending_turn
+        heard, todo = gate.spot_done(seq, result)
+        if heard is not None:
+            self.metrics.inc("stop_words_heard")
+            self._emit(StopWord(heard.word))
+        if isinstance(todo, tuple) and len(todo) == 3:
+            answer, ev, audio = todo
+            self._reply_to(clip(audio, ev, answer.start), now)
+        elif isinstance(todo, tuple):
+            self._spot_pending(gate, todo)
+        elif pending is not None and gate.pending_turn is None and gate.state is not Activation.ARMED:
+            self._unanswered(pending)
 
     def trigger(self, now: float, *, tell_client: bool = True) -> bool:
         """Reply now to what has been heard since the last reply; False if nothing (and a warning to a
@@ -370,7 +497,8 @@ class StreamCore:
             if tell_client:
                 self._emit(Warning("trigger: no speech heard since the last reply; nothing to reply to"))
             return False
-        self._turn_ended(ev, now)
+        self._barge = None
+        self._turn_ended(ev, now, reason="trigger")
         return True
 
     # ---- replies --------------------------------------------------------------------
@@ -379,16 +507,18 @@ class StreamCore:
         """Is a reply still being heard? Sent in full is not played in full: a client that echoes marks
         (browsers, Twilio) has not played the last reply until it echoes its mark."""
         if self._reply is not None:
-            return True
+            return not self._reply.speculative  # (held back: the speaker has heard nothing of it)
         sent, played = self.facts.marks_sent, self.facts.marks_played
         return bool(played and sent) and sent[-1] not in played
 
     def _begin_reply(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                     now: float) -> None:
+                     now: float, reason: str = "turn") -> None:
         if self._reply is not None:
             self._interrupt(now)
         if self.state is StreamState.CLOSED:
             return  # (the interrupted reply had asked to close the stream: nothing more starts)
+        self._idle_at = None
+        self.facts.reason = reason
         self._seq += 1
         self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms))
         self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
@@ -451,6 +581,8 @@ class StreamCore:
         """Time has passed: send the frames now due, and act on a deadline that has come."""
         if self.state is StreamState.STOPPING and now >= self._finish_by:
             self._end_last_turn(now)
+        elif self._idle_at is not None and now >= self._idle_at:
+            self._idle_prompt(now)
         self._pump(now)
 
     def _pump(self, now: float) -> None:
@@ -458,6 +590,9 @@ class StreamCore:
         a full lead, wait until it has fallen by ``refill``, then top it up in one go (fewer wakeups)."""
         frames = self._frames
         reply = self._reply
+        if reply is not None and reply.speculative:
+            self.deadline = self._finish_deadline()
+            return  # (held until pause_detected confirms its turn)
         if frames and reply is not None and self.state is not StreamState.CLOSED:
             lead = self.config.lead_ms / 1000.0
             if self._play_until < now:
@@ -490,13 +625,30 @@ class StreamCore:
         self._emit(ReplyEnded(reply.seq, "played"))
         if not self.options.can_interrupt:
             self.detector.reset()
+        idle_s = self.app.idle_prompt_s
+        if idle_s is not None and self.facts.reason != "idle" and not reply.closes:
+            self._idle_at = self._play_until + idle_s  # counted from when the client has played it all
         if reply.closes:
             self.close(1000, self._close_reason)
         elif self.state is StreamState.LAST_REPLY:
             self.close(1000, "stop")
 
     def _finish_deadline(self) -> float | None:
-        return self._finish_by if self.state is StreamState.STOPPING else None
+        if self.state is StreamState.STOPPING:
+            return self._finish_by
+        return self._idle_at if self.state is not StreamState.CLOSED else None
+
+    def _idle_prompt(self, now: float) -> None:
+        """The user has said nothing for ``idle_prompt_s`` since the last reply played: prompt them."""
+        self._idle_at = None
+        if self._reply is not None or self.detector.state is not State.IDLE or self.state not in (
+                StreamState.STREAMING, StreamState.STARTED):
+            return  # (someone is talking, or we are: not idle after all)
+        self.metrics.inc("idle_prompts")
+        self._log("idle_prompt", t=round(self.detector.position / self.detector.rate, 3))
+        empty = np.zeros(0, dtype=np.int16)
+        self._begin_reply(self.app.fn, ((self.input_format.sample_rate, empty), *self._args), self._kwargs, now,
+                          "idle")
 
     # ---- end of input ---------------------------------------------------------------
 

@@ -123,6 +123,13 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class StopWord:
+    """ReplyOnStopWords heard its stop word: what follows it is answered."""
+
+    word: str
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     code: int = 1000
     reason: str = ""
@@ -136,4 +143,5 @@ class Refused:
     limit: int = 0
 
 
-OutEvent = Log | VadTrace | AudioOut | Mark | Clear | FetchOutput | Error | Warning | Pong | Close | Refused
+OutEvent = (Log | VadTrace | AudioOut | Mark | Clear | FetchOutput | Error | Warning | Pong | Close | Refused
+            | StopWord)

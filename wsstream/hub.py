@@ -24,11 +24,11 @@ from vad.model import SileroModel
 from wsstream.config import ServerConfig
 from wsstream.core import Output, ReplyEnded, StreamCore, StreamStarted
 from wsstream.dialects.base import Dialect
-from wsstream.events import Clear, Close, Error, FetchOutput, Log, Mark, Refused, Warning
+from wsstream.events import Clear, Close, Error, FetchOutput, Log, Mark, Refused, StopWord, Warning
 from wsstream.inference import InferenceWorker
 from wsstream.metrics import Metrics
-from wsstream.reply import ReplyFn, ReplyOnPause
-from wsstream.runner import StreamInfo, StreamRunner
+from wsstream.reply import ReplyFn, ReplyOnPause, ReplyPool
+from wsstream.runner import SPOT_THREADS, StreamInfo, StreamRunner
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def event_dict(event: Output) -> dict[str, Any] | None:
         return {"type": "mark", "name": event.name}
     if isinstance(event, Clear):
         return {"type": "clear"}
+    if isinstance(event, StopWord):
+        return {"type": "stopword", "data": event.word}
     if isinstance(event, ReplyEnded):
         return {"type": "reply_finished", "seq": event.seq, "how": event.how}
     if isinstance(event, Close):
@@ -106,6 +108,7 @@ class Hub:
         self._worker_task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._closed = False
+        self._spot_pool = ReplyPool(SPOT_THREADS)  # stop-word spotting, for every stream (threads start on use)
         self._idle = asyncio.Event()
         self._idle.set()
         self._opened = asyncio.Event()
@@ -147,6 +150,7 @@ class Hub:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._worker_task = None
         self.worker = None
+        self._spot_pool.close()
 
     @property
     def ready(self) -> bool:
@@ -174,7 +178,7 @@ class Hub:
         core = StreamCore(self.app, lambda rate: engine.open_stream(rate, narrowband),
                           stream_id=f"s{next(self._ids)}", dialect=dialect.name, input_format=setup.input_format,
                           output_format=setup.output_format, config=setup.config, metrics=self.metrics)
-        runner = StreamRunner(core, worker, observer=self._observe)
+        runner = StreamRunner(core, worker, observer=self._observe, spot_pool=self._spot_pool)
         self._streams[runner.id] = runner
         self.metrics.inc("sessions_total")
         self._idle.clear()

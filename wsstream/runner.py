@@ -1,7 +1,7 @@
 """The asyncio runner of one ``StreamCore``: what needs a loop, and nothing else.
 
 It owns the stream's reply task (async functions on the loop, sync ones in a
-thread of their own, see ``wsstream.reply``), one timer for the core's
+thread of the hub's bounded pool, see ``wsstream.reply``), one timer for the core's
 deadline, the wait for VAD room, and the bounded outbox for a client that
 cannot take output yet. Every driver (our transport, ASGI, in-process) runs
 streams through this one class, so they cannot drift apart.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -31,9 +32,12 @@ from wsstream.core import (
     StreamState,
 )
 from wsstream.dialects.base import Dialect, ProtocolError
-from wsstream.events import AudioIn, AudioOut, Close, Error, FetchOutput, InEvent, Log, OutEvent, Warning
+from wsstream.events import AudioIn, AudioOut, Close, Error, FetchOutput, InEvent, Log, OutEvent, StopWord, Warning
 from wsstream.inference import InferenceWorker
-from wsstream.reply import CloseStream, reply_items, set_context
+from wsstream.reply import CloseStream, ReplyPool, ReplyThreadsBusy, default_pool, reply_items, set_context
+from wsstream.stopwords import Spot
+
+SPOT_THREADS = 2  # spotting is short CPU work: as many threads as cores, shared by every stream
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,11 @@ class StreamInfo:
 class StreamRunner:
     """One stream on the loop. Drivers feed ``offer``/``offer_audio`` and send ``next_output``."""
 
-    def __init__(self, core: StreamCore, worker: InferenceWorker, *, observer: Observer | None = None) -> None:
+    def __init__(self, core: StreamCore, worker: InferenceWorker, *, observer: Observer | None = None,
+                 reply_pool: ReplyPool | None = None, spot_pool: ReplyPool | None = None) -> None:
         self.core = core
+        self._reply_pool = reply_pool or default_pool()  # (a hub gives its own, of ServerConfig.reply_threads)
+        self._spot_pool = spot_pool  # (a hub shares one between its streams)
         self.id = core.context.session_id
         self._worker = worker
         self._observer = observer
@@ -64,6 +71,7 @@ class StreamRunner:
         self._outbox_ready = asyncio.Event()
         self._outbox_limit = core.config.outbox_limit
         self._closing = False  # a Close is in the outbox (or went out): nothing else is sent
+        self.overflowed = False  # the outbox overflowed: the client is not reading (drivers bound its close)
         self._vad_room = asyncio.Event()
         self._vad_room.set()
         self._playout_room = asyncio.Event()
@@ -150,6 +158,9 @@ class StreamRunner:
                         self._start_reply(event)  # type: ignore[arg-type]
                 elif kind is CancelReply:
                     self._cancel_reply()
+                elif kind is Spot:
+                    if not self._closing:
+                        self._spawn(self._run_spot(event))  # type: ignore[arg-type]
                 elif kind is not ReplyEnded and kind is not StreamStarted:
                     self.emit(event)  # type: ignore[arg-type]
                 if observer is not None:
@@ -187,7 +198,7 @@ class StreamRunner:
         try:
             # aclosing: on barge-in the function's generator is closed here, in this task (its finally
             # runs before the task ends), not later by the collector's finalizer in a task of its own
-            async with contextlib.aclosing(reply_items(cmd.fn, *cmd.args, **cmd.kwargs)) as items:
+            async with contextlib.aclosing(reply_items(cmd.fn, cmd.args, cmd.kwargs, self._reply_pool)) as items:
                 async for item in items:
                     core.reply_item(seq, item, loop.time())
                     self._after()
@@ -200,10 +211,35 @@ class StreamRunner:
                         return
         except asyncio.CancelledError:
             raise
+        except ReplyThreadsBusy as exc:  # (the pool has warned in the log: no traceback per reply)
+            error = exc
         except Exception as exc:
             log.exception("reply function failed in stream %s", self.id)
             error = exc
         core.reply_done(seq, loop.time(), error)
+        self._after()
+
+    async def _run_spot(self, cmd: Spot) -> None:
+        """The stop-word spotter, off the loop: a thread of the hub's small spotting pool (a coroutine
+        function is awaited here instead)."""
+        result: Any
+        try:
+            if inspect.iscoroutinefunction(cmd.spotter):
+                result = await cmd.spotter(cmd.audio)
+            else:
+                pool = self._spot_pool
+                if pool is None:
+                    pool = self._spot_pool = ReplyPool(SPOT_THREADS)
+                lane = await pool.acquire()
+                try:
+                    result = await asyncio.wrap_future(lane.submit(cmd.spotter, cmd.audio))
+                finally:
+                    lane.release()  # (after the call in flight, if this task was cancelled)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = exc
+        self.core.spot_done(cmd.seq, result, self._loop.time())
         self._after()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -231,6 +267,7 @@ class StreamRunner:
             # The client is not reading what we send: end it rather than grow without bound.
             self._outbox.clear()
             self.core.metrics.inc("outbox_overflows")
+            self.overflowed = True
             self.core.close(1008, "client is not reading: outbound queue full")
             self._closing = True  # (the close, and cancelling the reply, are done right here)
             self._cancel_reply()
@@ -319,3 +356,5 @@ def log_unsent(runner: StreamRunner, event: OutEvent) -> None:
         log.debug("%s stream %s: %s %s", dialect, key, event.name, event.fields)
     elif isinstance(event, FetchOutput):
         log.info("%s stream %s: additional output %s", dialect, key, repr(event.data)[:500])
+    elif isinstance(event, StopWord):
+        log.info("%s stream %s: heard the stop word %r", dialect, key, event.word)

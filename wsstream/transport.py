@@ -10,9 +10,10 @@ waits for room. The HTTP handshake (and plain GETs) is websockets' sans-I/O
 Each connection owns at most two tasks, both ended on close: the writer (the
 stream's output that could not be written at once, and its Close) and the
 backlog drainer while reading is paused; one timer covers the handshake, then
-the closing handshake, and one the keepalive pings. The connection knows its
-host only through ``Host``: the hub that opens streams, the HTTP answers, the
-set of open connections.
+the closing handshake, one the keepalive pings, and one a write stall (a peer
+that does not read: keepalive cannot see it, as it may well keep sending). The
+connection knows its host only through ``Host``: the hub that opens streams,
+the HTTP answers, the set of open connections.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Protocol, cast
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from wsstream import web
 from wsstream.dialects import DIALECTS, ProtocolError
 from wsstream.dialects.base import Dialect
 from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
@@ -52,6 +54,7 @@ OPEN_TIMEOUT_S = 10.0  # to complete the HTTP handshake
 CLOSE_TIMEOUT_S = 5.0  # for the peer to answer our close frame
 MAX_REQUEST_BYTES = 16384
 WRITE_HIGH_WATER = 256 * 1024
+STALL_REASON = "client is not reading"
 
 
 class Host(Protocol):
@@ -91,6 +94,8 @@ class WsConnection(asyncio.Protocol):
         self._audio_bytes: Callable[[bytes], bytes] | None = None
         self._pending_pong: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None  # armed while the socket takes nothing
+        self._stall_counted = False
         self._writer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = self._loop.create_future()  # closed, and its stream ended
@@ -123,9 +128,14 @@ class WsConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        if self._stall_timer is None and self.state in ("open", "closing"):
+            self._stall_timer = self._loop.call_later(self.hub.config.write_stall_s, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._stall_timer is not None:  # the peer read something: not stalled
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._pending_pong is not None:
             self._write(OP_PONG, self._pending_pong)
             self._pending_pong = None
@@ -134,7 +144,7 @@ class WsConnection(asyncio.Protocol):
         self.state = "closed"
         self.close_code = self.close_code or 1006
         self.host.connections.discard(self)
-        for timer in (self._timer, self._ping_timer):
+        for timer in (self._timer, self._ping_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
         self._writable.set()
@@ -166,9 +176,8 @@ class WsConnection(asyncio.Protocol):
         request = events[0] if events and isinstance(events[0], Request) else None
         response = None
         if request is not None:
-            response = self.host.process_request(request)
-            if response is None:
-                response = hs.accept(request)
+            # (pages answer as to a GET; for_method fits that to HEAD, or to another method's 405)
+            response = web.for_method(request.method, self.host.process_request(request) or hs.accept(request))
             hs.send_response(response)
         self._flush_handshake()
         if request is None or response is None or response.status_code != 101:
@@ -340,10 +349,10 @@ class WsConnection(asyncio.Protocol):
         self._stop_backlog()  # and read again, or the peer's close frame would never be seen
         self._arm_timer(CLOSE_TIMEOUT_S)
 
-    def _arm_timer(self, seconds: float) -> None:
+    def _arm_timer(self, seconds: float, then: Callable[[], None] | None = None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(seconds, self._abort)
+        self._timer = self._loop.call_later(seconds, then or self._abort)
 
     def _stop_backlog(self) -> None:
         if self._backlog is not None:
@@ -358,6 +367,38 @@ class WsConnection(asyncio.Protocol):
     def paused(self) -> bool:
         """Reading is paused for backpressure (the peer is not silent, we are not listening)."""
         return self._backlog is not None
+
+    def _write_stalled(self) -> None:
+        """The socket has taken nothing for ``write_stall_s``: the peer does not read (and keepalive
+        cannot tell, as it may keep sending). Open: close 1008 (the frame leaves only if the peer reads
+        after all), end the stream, and abort if that is not over within the grace, for a peer that
+        does not read never answers a close. Closing already: our close is stuck behind what it did
+        not read, so abort now."""
+        self._stall_timer = None
+        if self.state not in ("open", "closing"):
+            return
+        stall_s = self.hub.config.write_stall_s
+        self._count_stall()
+        if self.state == "closing":
+            log.info("dropping a closing connection that has read nothing for %.1f s", stall_s)
+            self._abort()
+            return
+        log.info("closing a connection that has read nothing for %.1f s", stall_s)
+        self.close(1008, STALL_REASON)
+        if self.stream is not None:
+            self.stream.close(1008, STALL_REASON)  # its reply is cancelled and its slot freed
+        self._arm_timer(min(CLOSE_TIMEOUT_S, stall_s))
+
+    def _count_stall(self) -> None:
+        """``write_stall_closes``: a connection ended because its client does not read (once each)."""
+        if not self._stall_counted:
+            self._stall_counted = True
+            self.hub.metrics.inc("write_stall_closes")
+
+    def _drop_not_reading(self) -> None:
+        """The client whose outbox overflowed has not taken our close in time either: drop it."""
+        self._count_stall()
+        self._abort()
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -384,6 +425,8 @@ class WsConnection(asyncio.Protocol):
                 event = await stream.next_output()
                 if isinstance(event, Close):
                     self.close(event.code, event.reason[:120])
+                    if stream.overflowed:  # it does not read: it will not answer the close for long either
+                        self._arm_timer(min(CLOSE_TIMEOUT_S, self.hub.config.write_stall_s), self._drop_not_reading)
                     return
                 self._emit(event)
                 if not self._writable.is_set():

@@ -1,11 +1,14 @@
 """The demo page and its assets, served by the WebSocket server itself (no second web framework).
 
 ``GET /`` is ``static/index.html``; ``GET /static/<name>`` is a file from the
-package's ``static/`` directory, and nothing outside it.
+package's ``static/`` directory, and nothing outside it. Every plain HTTP page
+of the server is read-only: GET, or HEAD (the same headers, no body); any other
+method is 405 with ``Allow``, as Starlette answers under the ASGI driver.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
@@ -26,7 +29,9 @@ CONTENT_TYPES = {
 }
 
 
-REASONS = {200: "OK", 404: "Not Found", 426: "Upgrade Required", 503: "Service Unavailable"}
+REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 426: "Upgrade Required",
+           503: "Service Unavailable"}
+METHODS = ("GET", "HEAD")  # what every page of ours answers
 
 
 def response(status: int, body: bytes, content_type: str) -> Response:
@@ -40,6 +45,25 @@ def response(status: int, body: bytes, content_type: str) -> Response:
         ("Connection", "close"),
     ])
     return Response(status, reason, headers, body)
+
+
+def method_not_allowed() -> Response:
+    """405 for a method our pages do not take (a POST must not be answered as if it were a GET)."""
+    answer = response(405, b"method not allowed: this server's pages take GET and HEAD\n",
+                      "text/plain; charset=utf-8")
+    answer.headers["Allow"] = ", ".join(METHODS)
+    return answer
+
+
+def for_method(method: str, answer: Response) -> Response:
+    """``answer`` (to the request as if it were a GET) fitted to the request's real method: HEAD gets the
+    same status and headers, Content-Length included, and no body; a method other than GET or HEAD
+    gets 405, except where there is no such page at all (404 is the truer answer, and Starlette's)."""
+    if method not in METHODS and answer.status_code != 404:
+        return method_not_allowed()
+    if method == "HEAD":
+        return dataclasses.replace(answer, body=b"")
+    return answer
 
 
 def static_file(name: str, root: Path = STATIC) -> Response | None:

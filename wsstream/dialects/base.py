@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 from wsstream.codecs import AudioFormat, FormatError
 from wsstream.config import StreamConfig
-from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, Refused, Warning
+from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, Refused, StopWord, Warning
 from wsstream.reply import ReplyOnPause
 
 
@@ -103,6 +103,8 @@ def fastrtc_message(event: OutEvent) -> str | None:
         return dumps({"type": "warning", "data": event.message})
     if isinstance(event, Pong):
         return dumps({"event": "pong"})
+    if isinstance(event, StopWord):
+        return dumps({"type": "stopword", "data": event.word})
     if isinstance(event, Refused):
         return dumps({"status": "failed", "meta": {"error": event.error, "limit": event.limit}})
     return None
