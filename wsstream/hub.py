@@ -108,6 +108,7 @@ class Hub:
         self._worker_task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._closed = False
+        self.reply_pool = ReplyPool(self.config.reply_threads)  # threads for sync reply functions, shared
         self._spot_pool = ReplyPool(SPOT_THREADS)  # stop-word spotting, for every stream (threads start on use)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -151,6 +152,7 @@ class Hub:
         self._worker_task = None
         self.worker = None
         self._spot_pool.close()
+        self.reply_pool.close()  # (its threads are daemons: one still in a reply function ends with it)
 
     @property
     def ready(self) -> bool:
@@ -178,7 +180,8 @@ class Hub:
         core = StreamCore(self.app, lambda rate: engine.open_stream(rate, narrowband),
                           stream_id=f"s{next(self._ids)}", dialect=dialect.name, input_format=setup.input_format,
                           output_format=setup.output_format, config=setup.config, metrics=self.metrics)
-        runner = StreamRunner(core, worker, observer=self._observe, spot_pool=self._spot_pool)
+        runner = StreamRunner(core, worker, observer=self._observe, spot_pool=self._spot_pool,
+                              reply_pool=self.reply_pool)
         self._streams[runner.id] = runner
         self.metrics.inc("sessions_total")
         self._idle.clear()
