@@ -114,10 +114,11 @@ class Harness:
 
     def __init__(self, app: ReplyOnPause | None = None, **config: Any) -> None:
         self.engine = types.SimpleNamespace(_closing=[])
-        # (barge-in at once, as before interrupt_ms: tests/test_turn_taking.py checks the backchannel rule)
+        # (barge-in at once, as before interrupt_ms, and no echo gate: the test's input and replies are both
+        # tones, which the gate would rightly take for echo; tests/test_turn_taking.py has both rules)
         app = app or ReplyOnPause(answer, interrupt_ms=0)
         self.core = StreamCore(app, lambda rate: VadStream(self.engine, rate, 4.0),
-                               stream_id="t1", config=StreamConfig(**config))
+                               stream_id="t1", config=StreamConfig(**{"echo_gate": False, **config}))
         self.now = 0.0
         self.chunks: list[np.ndarray] = []  # every audio message the core took
         self.probs: deque[float] = deque()  # the probabilities of the windows not yet fed

@@ -13,29 +13,40 @@ States::
 
 With probabilities alone, silence is measured from the end of the last window at
 or above ``threshold``. Silero's probability trails the end of speech by 60-120
-ms (more in noise), and sometimes falls while a quiet tail of the word is still
-sounding; so when the caller passes per-sub-window levels, the pause is counted
-from where the signal says the speech ended (back-dating, the default):
+ms (more in noise) and sometimes falls while a quiet tail of the word still
+sounds. So when the caller passes per-sub-window levels (8 ms at either rate),
+the pause is counted from where the signal says the speech ended (back-dating,
+``backdate=True``, the default):
 
-* The background is learned from windows the model calls silence, well away
-  from any speech (``_Background``): its mean power and spread, so a noisy room
-  raises the bar by exactly as much as its noise varies.
+* The room is learned (``_Background``: mean and spread of the sub-window level
+  and power) from windows the model calls silence, 128 ms after and 192 ms
+  before any it calls speech; digital silence is skipped; and, once the room
+  and the speaker are known, from windows quieter than both the room's bar and
+  the speaker's level (background talkers the model takes for speech).
 * A window is the speaker's when the model says speech (p >= threshold) and its
-  loudest sub-window stands out of the background. Only such a window starts a
-  turn, continues it, or cancels a pause: background talkers that fool the model
-  (babble), and the model's own trailing probability, do neither.
-* The end of speech is a change point on the sub-window powers around the
-  speaker's last window, from ``lookback_ms`` before it to ``tail_ms`` after it:
-  the point after which the power no longer exceeds the background's mean by
-  more than its spread (a cumulative-sum argmax). A tail under the noise cannot
-  be seen, so at low SNR the end may be found early by that tail's length.
-* The pause is decided ``pause_ms`` after that end, never while the model still
-  scores the current window as speech, and never from before ``lookback_ms``
-  ahead of the speaker's last window.
+  loudest sub-window stands out: above the room by three of its spreads, and
+  above the midpoint between the room and the speaker's loud level (the 90th
+  percentile of the speaker's sub-windows). Only the speaker's windows start,
+  continue or resume a turn; any other window is silence, even if the model
+  still says speech (its trailing probability, or babble that fools it).
+* The end of speech is a change point on the sub-window powers from
+  ``lookback_ms`` before the speaker's last window to ``tail_ms`` after it: the
+  argmax of their cumulative excess over a bar (the room as heard after the
+  speech, its 90th percentile; before that is known, the learned room's mean plus
+  its spread), a tail past the last window ending at three sub-windows under the
+  bar, plus one sub-window (the speech may go on under the bar for part of it).
+* It is never taken earlier than ``lookback_ms`` before the model's last speech
+  window, as long as that window follows the speaker's without a break and
+  within ``tail_ms``: the model may hear a tail the level cannot see under
+  noise, but it cannot hold a pause off for ever (babble).
 
-Digital silence (exact zeros, as a muted line sends) is neither signal nor
-background: it is never learned as the noise, so the bar does not collapse, and
-it never counts as speech.
+So a quiet gap inside a turn that the model holds at speech counts as silence
+from at most ``tail_ms - lookback_ms`` after the speaker's last window; a gap
+shorter than ``pause_ms`` minus that is never a pause. A word's tail under the
+noise cannot be seen: at low SNR the end may be found early by that tail.
+``backdate=False`` (or no levels) keeps the older rule: silence from the last
+window at or above threshold, pushed later by a sub-window ``tail_margin_db``
+over a tracked noise floor within ``tail_ms``.
 """
 
 from __future__ import annotations
@@ -116,28 +127,27 @@ class PauseDetected:
 NOISE_FLOOR_MIN_DB = -72.0  # the background is never taken as quieter than this (μ-law's smallest step)
 DIGITAL_SILENCE_DB = -100.0  # a sub-window below this holds (near-)exact zeros: no signal, no background
 _MIN_POWER = 10.0 ** (NOISE_FLOOR_MIN_DB / 10)
-# Background is learned only from windows the model calls silence, this far from any it calls (nearly)
-# speech and from digital silence: after (a word's tail can outlast the model's probability) and before
-# (the model's onset lags the signal, most after digital silence, where its state has heard nothing).
+# The room (_Background) is learned only this far from any window the model calls (nearly) speech, and from
+# digital silence: after it (a word's tail can outlast the model's probability) and before it (the model's
+# onset lags the signal, most after digital silence, where its state has heard nothing).
 _GUARD_AFTER_MS = 128.0
 _GUARD_BEFORE_MS = 192.0
-_BACKGROUND_SUBWINDOWS = 128  # its memory: about 1 s of 8 ms sub-windows
-_EXCESS_SIGMAS = 1.0  # a sub-window is speech-like when its power beats the mean by this many spreads
-_EXCESS_MIN = 0.12  # ... and by at least this fraction of the mean (0.5 dB), however steady the noise
-_VOICE_SIGMAS = 3.0  # the speaker's window: loudest sub-window this many dB-spreads over the mean level
-_VOICE_MIN_DB = 3.0  # ... and at least this many dB
-_CLIP_SIGMAS = 3.0  # a sub-window moves the background's estimate by at most this many spreads
-_TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
-_LOCAL_QUANTILE = 0.9
-_SPEAKER_QUANTILE = 0.9
-_SPEAKER_STEP_DB = 1.0
-_SPEAKER_RANGE_DB = 8.0
-_MIDPOINT = 0.5
-_LOCAL_MS = 192.0  # signal after the speech's latest end needed before it is the reference
-_PRIOR_SUBWINDOWS = 16
+_BACKGROUND_SUBWINDOWS = 128  # the room's memory: about 1 s of 8 ms sub-windows
+_SETTLED_SUBWINDOWS = 32  # until it has learned this many, every sub-window counts in full; then ...
+_CLIP_SIGMAS = 3.0  # ... one moves the estimate by at most this many spreads (a missed word cannot drag it)
+_PRIOR_SUBWINDOWS = 16  # the spread starts as that of a room varying by _PRIOR_SPREAD_DB, worth this many
 _PRIOR_SPREAD_DB = 3.0
-_SETTLED_SUBWINDOWS = 32  # ... once it has learned this many (before, the first sub-windows are all it knows)
-
+_VOICE_SIGMAS = 3.0  # the speaker's window: its loudest sub-window this many spreads over the room's level
+_VOICE_MIN_DB = 3.0  # ... and at least this many dB
+_MIDPOINT = 0.5  # ... and this far from the room's level up to the speaker's
+_SPEAKER_QUANTILE = 0.9  # the speaker's loud level: this quantile of their sub-windows ...
+_SPEAKER_STEP_DB = 1.0  # ... followed by steps of this size
+_SPEAKER_RANGE_DB = 8.0  # before the room is known, the speaker's windows are within this of that level
+_EXCESS_SIGMAS = 1.0  # before the room after the speech is heard, the bar is the room's mean plus its spread
+_EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), however steady the room
+_LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
+_LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
+_TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
     """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts].
@@ -164,7 +174,7 @@ class _Background:
     (for the end-of-speech change point) and of the level in dB (for telling the speaker from the
     background). Exponential with about 1 s of memory, a plain running mean until then."""
 
-    __slots__ = ("count", "level", "level_var", "power", "power_var")
+    __slots__ = ("_bar", "_gate", "count", "level", "level_var", "power", "power_var")
 
     def __init__(self, initial_db: float = -60.0) -> None:
         self.count = 0
@@ -172,45 +182,47 @@ class _Background:
         self.level_var = 1.0
         self.power = 10.0 ** (initial_db / 10)
         self.power_var = (0.3 * self.power) ** 2
+        self._gate: float | None = None
+        self._bar: float | None = None
 
     def learn(self, row: list[float]) -> None:
+        self._gate = self._bar = None
+        level, level_var, power, power_var, count = self.level, self.level_var, self.power, self.power_var, self.count
         for x in row:
             if x < DIGITAL_SILENCE_DB:
                 continue  # a muted line says nothing about the room
             x = max(x, NOISE_FLOOR_MIN_DB)
-            self.count += 1
-            if self.count == 1:  # the first sub-window replaces the guess outright (and has no spread)
-                self.level, self.level_var = x, 0.0
-                self.power, self.power_var = 10.0 ** (x / 10), 0.0
+            count += 1
+            if count == 1:  # the first sub-window replaces the guess outright (and has no spread)
+                level, level_var, power, power_var = x, 0.0, 10.0 ** (x / 10), 0.0
                 continue
-            a = max(1.0 / self.count, 1.0 / _BACKGROUND_SUBWINDOWS)
-            # Huber-clipped: a stray loud sub-window (speech the model missed) moves the estimate by at
-            # most a few spreads, while a lasting change widens the spread until it is followed.
-            d = x - self.level
-            if self.count > _SETTLED_SUBWINDOWS:
-                clip = max(_CLIP_SIGMAS * self.level_var ** 0.5, _VOICE_MIN_DB)
+            a = 1.0 / count if count < _BACKGROUND_SUBWINDOWS else 1.0 / _BACKGROUND_SUBWINDOWS
+            d = x - level
+            if count > _SETTLED_SUBWINDOWS:  # Huber-clipped: a lasting change widens the spread until followed
+                clip = max(_CLIP_SIGMAS * level_var ** 0.5, _VOICE_MIN_DB)
                 d = min(max(d, -clip), clip)
-            dp = 10.0 ** ((self.level + d) / 10) - self.power  # (the clipped level, as power)
-            self.level += a * d
-            self.level_var += a * (d * d - self.level_var)
-            self.power += a * dp
-            self.power_var += a * (dp * dp - self.power_var)
+            dp = 10.0 ** ((level + d) / 10) - power  # (the clipped level, as power)
+            level += a * d
+            level_var += a * (d * d - level_var)
+            power += a * dp
+            power_var += a * (dp * dp - power_var)
+        self.level, self.level_var, self.power, self.power_var, self.count = level, level_var, power, power_var, count
 
     def voice_gate(self) -> float:
         """The dB level the speaker's loudest sub-window must reach in a window to be told from the room.
         The spread starts from a prior (a room that varies by 3 dB) that a few sub-windows cannot undo."""
-        n = self.count
-        var = (n * self.level_var + _PRIOR_SUBWINDOWS * _PRIOR_SPREAD_DB ** 2) / (n + _PRIOR_SUBWINDOWS)
-        return self.level + max(_VOICE_SIGMAS * var ** 0.5, _VOICE_MIN_DB)
-
-    def relative_margin(self) -> float:
-        """How far above its mean power a sub-window must be to look like speech, as a fraction of it."""
-        mean = max(self.power, _MIN_POWER)
-        return max(_EXCESS_SIGMAS * self.power_var ** 0.5 / mean, _EXCESS_MIN)
+        if self._gate is None:
+            n = self.count
+            var = (n * self.level_var + _PRIOR_SUBWINDOWS * _PRIOR_SPREAD_DB ** 2) / (n + _PRIOR_SUBWINDOWS)
+            self._gate = self.level + max(_VOICE_SIGMAS * var ** 0.5, _VOICE_MIN_DB)
+        return self._gate
 
     def bar(self) -> float:
-        """The power a sub-window must beat to look like speech."""
-        return max(self.power, _MIN_POWER) * (1.0 + self.relative_margin())
+        """The power a sub-window must beat to look like speech: the mean, plus its spread (at least 0.5 dB)."""
+        if self._bar is None:
+            mean = max(self.power, _MIN_POWER)
+            self._bar = mean + max(_EXCESS_SIGMAS * self.power_var ** 0.5, _EXCESS_MIN * mean)
+        return self._bar
 
 
 class PauseDetector:
@@ -339,7 +351,8 @@ class PauseDetector:
             while history and history[0][0] <= keep:
                 history.popleft()
             loudest = max(row)
-            speaker = p >= thr and loudest >= self._voice_gate()
+            gate = self._voice_gate()
+            speaker = p >= thr and loudest >= gate
             if speaker:
                 self._track_speaker(row)
             if self.state is State.IDLE:
@@ -362,7 +375,9 @@ class PauseDetector:
                         elif p >= thr and end <= self._vad_speech_end + self._tail:
                             self._model_end = end
                             self._end_final = False
-                if self.in_silence:
+                # (the end is searched for only once the earliest it can be is far enough back to matter)
+                need = self._pause if self._tentative_sent else min(self._tentative, self._pause)
+                if self.in_silence and end - (self._model_end - self._lookback) >= need:
                     if len(self._local) >= self._min_local:
                         self.speech_end = self._backdated_end(end, self._local_bar())
                     elif not self._end_final:
@@ -371,14 +386,17 @@ class PauseDetector:
                     self._check_silence(end, end - self.speech_end, events)
                 self._check_max_speech(end, events)
             # What may be learned as the room: what the model calls silence; before anyone has spoken, what it
-            # does not call speech; once the room is known, also what stays below both the speaker's windows
-            # and the speaker's level (talkers in the background that the model takes for speech).
+            # does not call speech; once the room is known, also what stays below both the room's bar and the
+            # speaker's level (talkers in the background that the model takes for speech); before the room
+            # is known, that only between turns (inside one, speech that soft is still the speaker's).
             if self.speaker_db is None:
                 quiet = p < thr or self.state is State.IDLE
+            elif p < neg:
+                quiet = True
             elif background.count:
-                quiet = p < neg or loudest < min(background.voice_gate(), self.speaker_db - _SPEAKER_RANGE_DB)
-            else:  # (between turns only: inside one, speech softer than that is still the speaker's)
-                quiet = p < neg or (self.state is State.IDLE and loudest < self.speaker_db - _SPEAKER_RANGE_DB)
+                quiet = loudest < min(background.voice_gate(), self.speaker_db - _SPEAKER_RANGE_DB)
+            else:
+                quiet = self.state is State.IDLE and loudest < self.speaker_db - _SPEAKER_RANGE_DB
             self._learn_background(quiet, row)
         return events
 
@@ -406,8 +424,10 @@ class PauseDetector:
         self.speaker_db = level
 
     def _voice_gate(self) -> float:
-        """The level a window's loudest sub-window must reach to be the speaker's: out of the background
-        once that is known; before, not far below the speaker's own level."""
+        """The level a window's loudest sub-window must reach to be the speaker's: out of the room (three of
+        its spreads) and past the midpoint between the room and the speaker's loud level, so that voices
+        in the background, however speech-like, are not taken for the speaker's; before the room is
+        known, within ``_SPEAKER_RANGE_DB`` of the speaker's level."""
         background, speaker = self.background, self.speaker_db
         if not background.count:
             return -np.inf if speaker is None else speaker - _SPEAKER_RANGE_DB

@@ -14,6 +14,7 @@ from wsstream.hub import HOOKS, Hub, StreamRefused, UnknownStream
 from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, current_context
 from wsstream.runner import StreamInfo, StreamRunner
 from wsstream.server import WsServer, serve
+from wsstream.spotter import Heard, Spotter
 from wsstream.stopwords import ReplyOnStopWords
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "CloseStream",
     "DetectorOptions",
     "FormatError",
+    "Heard",
     "Hub",
     "ProtocolError",
     "ReplyContext",
@@ -30,6 +32,7 @@ __all__ = [
     "ReplyOnStopWords",
     "ReplyState",
     "ServerConfig",
+    "Spotter",
     "StreamConfig",
     "StreamInfo",
     "StreamRefused",

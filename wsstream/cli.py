@@ -83,6 +83,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
+        if isinstance(f.default, bool):  # --name / --no-name
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                                action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+            continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                             choices=f.metadata.get("choices"),
                             help=f"{f.metadata['help']} (default {f.default})")

@@ -27,6 +27,7 @@ from vad.detector import PauseCancelled, PauseDetected, PauseDetector, PauseTent
 from vad.engine import VadStream
 from wsstream.codecs import AudioFormat, FormatError, decode
 from wsstream.config import StreamConfig
+from wsstream.echogate import EchoGate
 from wsstream.events import (
     AudioIn,
     AudioOut,
@@ -178,6 +179,10 @@ class StreamCore:
         app = self.app
         self._gate = StopWordGate(app, self.vad.rate) if isinstance(app, ReplyOnStopWords) else None
         self._interrupt_len = int(app.interrupt_ms * self.vad.rate / 1000)
+        self._echo = EchoGate(fmt.sample_rate) if self.config.echo_gate else None
+        self._echo_next = 0  # where the reference audio sent last ends, on the input timeline
+        self._echo_asked = -1  # speech end at which the echo gate was last asked about a barge
+        self._barge_echo = False  # the gate said the speech over the reply is its echo
         self.history = AudioHistory(int((self.config.max_utterance_s + 2.0) * fmt.sample_rate))
         # what the audio hot path needs, computed once
         self._encoding = fmt.encoding
@@ -324,6 +329,8 @@ class StreamCore:
             self._leave_new(StreamState.STREAMING, self._play_until)  # (no reply to interrupt yet)
         self.history.append(pcm)
         vad.push(pcm)
+        if self._echo is not None:
+            self._echo.microphone(pcm, self.samples_in)
         self.samples_in += n
         return True
 
@@ -353,9 +360,9 @@ class StreamCore:
                         self.deadline = self._finish_deadline()
                 if can_interrupt and self._audible():
                     barge = self._barge = ev.onset if self._barge is None else min(self._barge, ev.onset)
-                    if ev.at - barge >= self._interrupt_len:
+                    if ev.at - barge >= self._interrupt_len and not self._is_echo(barge):
                         self._interrupt(now)  # (else it interrupts once it has lasted interrupt_ms)
-                        self._barge = None
+                        self._end_barge()
             elif isinstance(ev, PauseDetected) and self._barge is not None:
                 self._backchannel(ev)
             elif isinstance(ev, PauseTentative):
@@ -439,18 +446,45 @@ class StreamCore:
             if barge is not None:
                 self._barge_heard = detector.speech_end
                 if detector.state is State.TALKING and detector.speech_end - barge >= self._interrupt_len:
-                    self._barge = None  # not a backchannel: the user is talking over the reply
+                    if self._is_echo(barge):
+                        return  # our own reply coming back: it interrupts nothing (nor becomes a turn)
+                    self._end_barge()  # not a backchannel: the user is talking over the reply
                     if self._audible() and self.state is not StreamState.CLOSED:
                         self._interrupt(now)
         elif barge is not None and detector.position - self._barge_heard > self._interrupt_len:
-            self._barge = None  # (a sound that never became a turn, long enough ago)
+            self._end_barge()  # (a sound that never became a turn, long enough ago)
+
+    def _end_barge(self) -> None:
+        self._barge, self._barge_echo, self._echo_asked = None, False, -1
+
+    def _is_echo(self, barge: int) -> bool:
+        """Is the speech since ``barge`` only the reply's echo? Asked again every 100 ms of speech at most
+        (the answer holds in between)."""
+        echo = self._echo
+        if echo is None:
+            return False
+        detector = self.detector
+        if self._echo_asked >= 0 and detector.speech_end - self._echo_asked < detector.rate // 10:
+            return self._barge_echo
+        self._echo_asked = detector.speech_end
+        self._barge_echo = echo.echo_only(self._to_input(barge), self.samples_in)
+        if self._barge_echo:
+            self.metrics.inc("echo_checks_echo")
+        return self._barge_echo
 
     def _backchannel(self, ev: PauseDetected) -> None:
-        """A turn spoken over a reply that ended before ``interrupt_ms``: heard, not answered."""
+        """A turn spoken over a reply that ended before ``interrupt_ms`` (or that was its own echo): heard,
+        not answered."""
         self._barge = None
         rate = self.detector.rate
-        self.metrics.inc("backchannels")
-        self._log("backchannel", t=round(ev.at / rate, 3), speech_s=round((ev.speech_end - ev.start) / rate, 3))
+        speech_s = round((ev.speech_end - ev.start) / rate, 3)
+        if self._barge_echo:
+            self.metrics.inc("echo_turns")
+            self._log("echo", t=round(ev.at / rate, 3), speech_s=speech_s)
+        else:
+            self.metrics.inc("backchannels")
+            self._log("backchannel", t=round(ev.at / rate, 3), speech_s=speech_s)
+        self._barge_echo, self._echo_asked = False, -1
 
     def _reply_to(self, audio: np.ndarray, now: float, reason: str = "turn") -> None:
         self._begin_reply(self.app.fn, ((self.input_format.sample_rate, audio), *self._args), self._kwargs, now,
@@ -497,7 +531,7 @@ class StreamCore:
             if tell_client:
                 self._emit(Warning("trigger: no speech heard since the last reply; nothing to reply to"))
             return False
-        self._barge = None
+        self._end_barge()
         self._turn_ended(ev, now, reason="trigger")
         return True
 
@@ -604,9 +638,12 @@ class StreamCore:
             out = self._out
             per_byte = self._frame_out_s
             play_until = self._play_until
+            echo = self._echo
             while frames and play_until <= horizon:
                 frame = frames.popleft()
                 out.append(AudioOut(frame))
+                if echo is not None:
+                    self._echo_reference(echo, frame, play_until, now)
                 play_until += len(frame) * per_byte
             self._play_until = play_until
         if reply is not None and not frames and reply.state is ReplyState.DRAINING:
@@ -616,6 +653,21 @@ class StreamCore:
             refill = min(self.config.refill_ms, self.config.lead_ms / 2) / 1000.0
             due = self._play_until - self.config.lead_ms / 1000.0 + refill
             self.deadline = due if self.deadline is None else min(due, self.deadline)
+
+    def _echo_reference(self, echo: EchoGate, frame: bytes, play_at: float, now: float) -> None:
+        """A reply frame as the echo gate needs it: at the input rate, where it plays on the input
+        timeline (the input received by ``now`` is the microphone's ``now``, for a live client)."""
+        pcm = decode(frame, self.output_format.encoding)
+        rate_in, rate_out = self.input_format.sample_rate, self.output_format.sample_rate
+        if rate_in != rate_out:
+            n = pcm.size * rate_in // rate_out
+            pcm = np.interp(np.arange(n) * (rate_out / rate_in), np.arange(pcm.size), pcm).astype(np.int16)
+        start = self.samples_in + int((play_at - now) * rate_in)
+        if abs(start - self._echo_next) < rate_in // 25:  # within 40 ms: the same stretch, contiguous
+            start = self._echo_next
+        start = max(start, self._echo_next)
+        echo.reference(pcm, start)
+        self._echo_next = start + pcm.size
 
     def _reply_played(self, reply: _Reply) -> None:
         name = f"reply-{reply.seq}"

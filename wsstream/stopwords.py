@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from vad.detector import PauseDetected
 from wsstream.reply import ReplyOnPause
-
-if TYPE_CHECKING:  # (TEMPORARY until wsstream/spotter.py lands)
-    from wsstream.spotter import Heard, SpotResult, Spotter
+from wsstream.spotter import Heard, SpotResult, Spotter, resolve
 
 ACTIVATIONS = ("turn", "conversation")
 
@@ -184,8 +182,6 @@ class StopWordGate:
             return None, None
         _, start, end = self._in_flight
         self._in_flight = None
-        from wsstream.spotter import resolve
-
         heard = None if isinstance(result, BaseException) else resolve(result, self.app.stop_words)
         if heard is not None and self.state is Activation.LISTENING:
             self.heard = heard
