@@ -175,7 +175,7 @@ class ServerProcess:
             if not line:
                 raise RuntimeError("server exited before listening:\n" + "".join(self.output))
             self.output.append(line)
-            match = re.search(r"listening on ws://([\d.]+):(\d+)/ws", line)
+            match = re.search(r"listening on wss?://([\d.]+):(\d+)/ws", line)
             if match and line.startswith("wsstream:"):
                 self.port = int(match.group(2))
                 break

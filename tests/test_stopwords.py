@@ -87,8 +87,12 @@ def test_spots_only_speech_on_a_rolling_window_every_half_second() -> None:
     assert rates == {RATE}
     assert 6 <= len(h.spots) <= 9, len(h.spots)  # every ~0.5 s of the 4 s, and none in the silence before
     assert max(sizes) <= int(2.5 * RATE) and max(sizes) >= int(2.0 * RATE), sizes
-    for spot in h.spots:  # what the spotter hears is the speaker (the tone), never the silence before the turn
-        assert np.abs(spot.audio[1][:WIN]).max() > 1000
+    lead = int(0.3 * RATE)  # prefix_padding_ms: the silence just before the word, which a spotter needs
+    for spot in h.spots:  # what the spotter hears is the speaker (the tone) and at most the lead before it
+        assert np.abs(spot.audio[1][lead:lead + WIN]).max() > 1000
+    onset = 40 * WIN
+    first = h.spots[0].audio[1]
+    assert np.array_equal(first, h.signal[onset - lead:onset - lead + first.size])
 
 
 def test_heard_mid_turn_the_rest_of_the_turn_is_the_request() -> None:
@@ -96,15 +100,15 @@ def test_heard_mid_turn_the_rest_of_the_turn_is_the_request() -> None:
     events = h.run([SIL] * 5 + [SP] * 80 + [SIL] * PAUSE)  # speech from window 5 (sample 2560)
     (heard,) = of(events, StopWord)
     assert heard.word == "computer"
-    # the second spot heard it: its window runs from the onset (the turn is shorter than a window yet)
-    # to the second half second of speech after started_talking; the word ended 0.2 s into it
-    onset = 5 * WIN
+    # the second spot heard it: its window runs from the stream's start (the onset less the 0.3 s lead,
+    # clipped at 0; the turn is shorter than a window yet) to the second half second of speech after
+    # started_talking; the word ended 0.2 s into it
     second = h.spots[1].audio[1]
-    assert np.array_equal(second, h.signal[onset:onset + second.size])
+    assert np.array_equal(second, h.signal[:second.size])
     (cmd,) = replies(events)
     rate, audio = cmd.args[0]
     full = round(log(events, "pause_detected")["speech_s"] * RATE)  # the turn from 0 (the prefix is clipped)
-    assert rate == RATE and audio.size == full - (onset + int(0.2 * RATE))  # from just after the word
+    assert rate == RATE and audio.size == full - int(0.2 * RATE)  # from just after the word
     assert trace(events).index("stopword") < trace(events).index("start:1")
     assert h.core._gate.state is Activation.LISTENING  # one request per stop word
 

@@ -16,6 +16,12 @@ the stream's output in order. A client that takes nothing for
 ``ServerConfig.write_stall_s`` is closed 1008, and a closing handshake is bounded
 as on our own transport: a client that has not answered our close within
 ``CLOSE_TIMEOUT_S`` (less, for one known not to read) is dropped.
+
+Every upgrade goes through the hub's ``AccessPolicy`` (``wsstream.access``)
+before it is accepted: a refusal is the HTTP answer to the handshake (401, 403,
+429 with a short text, through the ASGI WebSocket Denial Response extension;
+a server without it answers 403). For TLS under uvicorn, ``uvicorn_tls(config)``
+gives its ``ssl_certfile``/``ssl_keyfile``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from wsstream import web
+from wsstream.access import AccessPolicy, Admit, Refusal, policy_for
+from wsstream.config import ServerConfig
 from wsstream.dialects import DIALECTS, Dialect, ProtocolError
 from wsstream.events import Close, Error, OutEvent
 from wsstream.hub import Hub, StreamRefused
@@ -48,10 +56,11 @@ READ_SLICE_S = 0.005  # the longest a reader runs without giving the loop a turn
 class _Connection:
     """One WebSocket of the ASGI server running one stream."""
 
-    def __init__(self, websocket: WebSocket, hub: Hub, dialect: Dialect) -> None:
+    def __init__(self, websocket: WebSocket, hub: Hub, dialect: Dialect, admit: Admit | None = None) -> None:
         self.ws = websocket
         self.hub = hub
         self.dialect = dialect
+        self.admit = admit or Admit(websocket.url.query)
         self.gone = False  # the client disconnected: nothing more can be sent
         self.stalled = False  # the client took nothing for write_stall_s: only the close is tried
         self.close_deadline: float | None = None  # (loop time) our close went out: the client must answer by then
@@ -61,9 +70,9 @@ class _Connection:
     async def run(self) -> None:
         hub, dialect = self.hub, self.dialect
         await hub.start()
-        await self.ws.accept()
+        await self.ws.accept(subprotocol=self.admit.subprotocol)
         try:
-            stream = hub.open_stream(dialect, self.ws.url.query)
+            stream = hub.open_stream(dialect, self.admit.query)
         except StreamRefused as exc:
             await self._send(exc.event)
             await self.ws.close(exc.code, exc.reason)
@@ -197,14 +206,55 @@ def _transport(websocket: WebSocket) -> Any | None:
 
 
 def endpoint(hub: Hub, dialect: type[Dialect]) -> Callable[[WebSocket], Any]:
-    """The ASGI WebSocket endpoint of one dialect, for a route of your own choosing."""
+    """The ASGI WebSocket endpoint of one dialect, for a route of your own choosing; the hub's access policy
+    admits or refuses each upgrade before it is accepted."""
     async def run(websocket: WebSocket) -> None:
-        await _Connection(websocket, hub, dialect()).run()
+        policy = policy_for(hub)
+        verdict = _check(policy, websocket, dialect.path)
+        if isinstance(verdict, Refusal):
+            await _deny(websocket, verdict)
+            return
+        try:
+            await _Connection(websocket, hub, dialect(), verdict).run()
+        finally:
+            if verdict.ip is not None:
+                policy.closed(verdict.ip)
     return run
+
+
+def _check(policy: AccessPolicy, websocket: WebSocket, route: str) -> Admit | Refusal:
+    """What the ASGI scope tells of the upgrade, put to the policy (the path as sent, for Twilio's signature)."""
+    scope = websocket.scope
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope.get("headers", ())]
+    client = scope.get("client")
+    ip = client[0] if client else ""
+    return policy.check(path, query, headers, ip, asyncio.get_running_loop().time(),
+                        scheme=scope.get("scheme", "ws"), route=route)
+
+
+async def _deny(websocket: WebSocket, refusal: Refusal) -> None:
+    """Refuse the handshake with the refusal's status and text, where the server lets us (the WebSocket Denial
+    Response extension: uvicorn, hypercorn); elsewhere closing before accepting is the server's 403."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(refusal.body, refusal.status,
+                                                               headers=dict(refusal.headers)))
+    else:
+        await websocket.close(1008, refusal.reason)
+
+
+def uvicorn_tls(config: ServerConfig) -> dict[str, str]:
+    """uvicorn's options for ``config``'s TLS (``uvicorn.Config(app, **uvicorn_tls(config))``); none without it."""
+    if not config.certfile:
+        return {}
+    return {"ssl_certfile": config.certfile, **({"ssl_keyfile": config.keyfile} if config.keyfile else {})}
 
 
 def routes(hub: Hub, prefix: str = "") -> list[BaseRoute]:
     """A WebSocket route per dialect (``/ws``, ``/websocket/offer``, ``/telephone/handler``) under ``prefix``."""
+    policy_for(hub)  # (made now: its refusal counters show in /metrics before the first upgrade)
     return [WebSocketRoute(prefix + path, endpoint(hub, cls)) for path, cls in DIALECTS.items()]
 
 

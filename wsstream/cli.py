@@ -137,7 +137,7 @@ async def _serve(args: argparse.Namespace) -> None:
         workers.watch_parent(args.parent_fd, stop.set)
         workers.announce_ready(args.ready_fd, args.worker_index, server.port)
     else:
-        print(f"wsstream: listening on ws://{config.host}:{server.port}/ws", flush=True)
+        print(f"wsstream: listening on {'wss' if config.tls else 'ws'}://{config.host}:{server.port}/ws", flush=True)
     await stop.wait()
     await server.drain(config.drain_s)
 
@@ -155,15 +155,17 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig) -> None:
     port = sock.getsockname()[1]
     started = asyncio.Event()
     asgi_app = create_app(hub, on_ready=started.set)
+    uvicorn_tls = {"ssl_certfile": config.certfile, "ssl_keyfile": config.keyfile or None} if config.tls else {}
     server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets-sansio",
                                            ws_max_size=config.max_message_bytes,
                                            ws_ping_interval=config.ping_interval_s,
-                                           ws_ping_timeout=3 * config.ping_interval_s))
+                                           ws_ping_timeout=3 * config.ping_interval_s, **uvicorn_tls))
     async with asyncio.TaskGroup() as tasks:
         serving = tasks.create_task(server.serve(sockets=[sock]))
         await started.wait()
         tune_process()
-        print(f"wsstream: listening on ws://{config.host}:{port}/ws (asgi)", flush=True)
+        scheme = "wss" if config.tls else "ws"
+        print(f"wsstream: listening on {scheme}://{config.host}:{port}/ws (asgi)", flush=True)
         await serving
 
 

@@ -8,18 +8,51 @@ driver can never disagree on a default.
 from __future__ import annotations
 
 import gc
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _flag(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+def _secret(help: str) -> Any:
+    """A flag whose value is a secret: left out of the config's repr, so no log line can show it."""
+    return field(default="", repr=False, metadata={"help": help})
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+TOKENS_ENV = "WSSTREAM_TOKENS"
+TWILIO_TOKEN_ENV = "WSSTREAM_TWILIO_AUTH_TOKEN"
+MIN_TOKEN_CHARS = 16
+MAX_TOKENS = 64
+# RFC 9110 token characters: what a token may hold to travel as a WebSocket subprotocol too
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _items(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated string (a flag, an environment variable) or a tuple, as a tuple of items."""
+    parts = value.split(",") if isinstance(value, str) else value
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _origin(value: str) -> str:
+    """An allowed Origin as browsers send it: scheme://host[:port], lower case, no path."""
+    if value == "null":
+        return value
+    parts = urlsplit(value.lower())
+    _check(parts.scheme in ("http", "https") and bool(parts.netloc) and parts.path in ("", "/")
+           and not parts.query and not parts.fragment,
+           f"allowed_origins: {value!r} is not an origin (scheme://host[:port], e.g. https://app.example.com)")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +110,25 @@ class ServerConfig:
     drain_s: float = _flag(0.0, "on SIGTERM/SIGINT, stop listening and let calls in progress go on for up to "
                                 "this many seconds before closing them (default 0: close at once with 1001)")
     reuse_port: bool = False  # set for the workers of --workers N
+    # Access control (wsstream.access), off by default: each setting applies to every WebSocket upgrade.
+    auth_tokens: str | tuple[str, ...] = _secret(
+        "shared secrets, comma-separated, one of which every WebSocket client must present (Authorization: "
+        "Bearer, ?token= or the subprotocol wsstream.token.<t>); better in the environment variable "
+        f"{TOKENS_ENV}, as a flag shows in the process list")
+    twilio_auth_token: str = _secret(
+        "the Twilio account's auth token: Twilio's upgrades on /telephone/handler must carry a valid "
+        f"X-Twilio-Signature (instead of a token); better in the environment variable {TWILIO_TOKEN_ENV}")
+    public_url: str = _flag("", "the server's URL as providers call it (wss://voice.example.com), over which "
+                                "Twilio's signature is checked; needed behind a TLS-terminating proxy")
+    allowed_origins: str | tuple[str, ...] = _flag(
+        "", "origins of the web pages allowed to connect, comma-separated (https://app.example.com); a "
+            "handshake with another Origin is refused (403), one without Origin (not a browser) is not")
+    max_connections_per_ip: int = _flag(0, "WebSocket connections one client address may hold open at once; "
+                                           "more are refused (429); 0: no cap. Per process, per proxy behind one")
+    max_handshakes_per_ip_per_s: float = _flag(0.0, "WebSocket handshakes one client address may make per "
+                                                    "second (bursts of as many); more are refused (429); 0: no cap")
+    certfile: str = _flag("", "serve TLS (wss://, https://) with this PEM certificate chain")
+    keyfile: str = _flag("", "the private key of --certfile, when it is not in that file")
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
@@ -89,6 +141,36 @@ class ServerConfig:
         _check(self.write_stall_s > 0, f"write_stall_s must be > 0, got {self.write_stall_s}")
         _check(self.drain_s >= 0, "drain_s must be >= 0")
         _check(self.reply_threads >= 1, f"reply_threads must be >= 1, got {self.reply_threads}")
+        self._check_access()
+
+    def _check_access(self) -> None:
+        """Normalise and validate the access settings; secrets not given come from the environment."""
+        tokens = _items(self.auth_tokens or os.environ.get(TOKENS_ENV, ""))
+        for token in tokens:  # (the message never quotes a token)
+            _check(len(token) >= MIN_TOKEN_CHARS and _TOKEN_CHARS.fullmatch(token) is not None,
+                   f"auth_tokens: each token must be at least {MIN_TOKEN_CHARS} characters of A-Z a-z 0-9 and "
+                   "!#$%&'*+-.^_`|~ (no commas, spaces, / or =), e.g. python -c \"import secrets; "
+                   "print(secrets.token_urlsafe(32))\"")
+        _check(len(tokens) <= MAX_TOKENS, f"auth_tokens: at most {MAX_TOKENS} tokens")
+        object.__setattr__(self, "auth_tokens", tokens)
+        twilio = (self.twilio_auth_token or os.environ.get(TWILIO_TOKEN_ENV, "")).strip()
+        object.__setattr__(self, "twilio_auth_token", twilio)
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            _check(parts.scheme in ("ws", "wss") and bool(parts.netloc) and not parts.query and not parts.fragment,
+                   f"public_url must be ws:// or wss:// with a host and no query, got {self.public_url!r}")
+            object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        object.__setattr__(self, "allowed_origins", tuple(_origin(o) for o in _items(self.allowed_origins)))
+        _check(self.max_connections_per_ip >= 0,
+               f"max_connections_per_ip must be >= 0, got {self.max_connections_per_ip}")
+        _check(self.max_handshakes_per_ip_per_s >= 0,
+               f"max_handshakes_per_ip_per_s must be >= 0, got {self.max_handshakes_per_ip_per_s}")
+        _check(bool(self.certfile) or not self.keyfile, "keyfile needs certfile")
+
+    @property
+    def tls(self) -> bool:
+        """The server itself speaks TLS (wss://)."""
+        return bool(self.certfile)
 
 
 def tune_process(*, switch_interval_s: float = 0.0005, freeze_gc: bool = True) -> None:

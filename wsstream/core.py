@@ -177,7 +177,8 @@ class StreamCore:
         self.vad = self._open_vad(fmt.sample_rate)
         self.detector = PauseDetector(self.options, self.vad.rate, self.vad.window)
         app = self.app
-        self._gate = StopWordGate(app, self.vad.rate) if isinstance(app, ReplyOnStopWords) else None
+        lead = int(self.options.prefix_padding_ms * self.vad.rate / 1000)
+        self._gate = StopWordGate(app, self.vad.rate, lead) if isinstance(app, ReplyOnStopWords) else None
         self._interrupt_len = int(app.interrupt_ms * self.vad.rate / 1000)
         self._echo = EchoGate(fmt.sample_rate) if self.config.echo_gate else None
         self._echo_next = 0  # where the reference audio sent last ends, on the input timeline

@@ -47,7 +47,8 @@ _FLOOR = 1e-12  # power floor (float scale, per bin): far under any int16 signal
 _NOISE_QUANTILE = 0.2  # the residual's low percentile per bin taken as the room's noise ...
 _NOISE_SCALE = 1.0 / 0.223  # ... scaled to the mean (an exponential's 20th percentile is 0.223 of its mean)
 _DELAY_BANDS_HZ = (250.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)  # where any phone passes the echo
-_TOP_BIN_HZ = 8000.0  # nothing above is analysed, whatever the rate
+_DELAY_TOP_HZ = 4000.0  # the delay is looked for in the band every phone passes
+_SURE_PEAK = 0.15  # a delay is remembered when about this fraction of bins agree on it (no echo: < 0.05)
 
 
 class _Ring:
@@ -120,7 +121,7 @@ class EchoGate:
                  context_ms: float = 1000.0, max_ahead_s: float = 2.0, frame_ms: float = 32.0,
                  leak_db: float = -25.0, max_leak_db: float = -6.0, quantisation_db: float = -28.0,
                  talk_ratio_db: float = 5.0, talk_frames: int = 3, taps: int = 1,
-                 bin_cap_db: float = 10.0) -> None:
+                 bin_cap_db: float = 10.0, top_hz: float = 8000.0) -> None:
         """``max_delay_ms``: the longest echo delay looked for. ``history_s``: microphone kept (the
         reference keeps that plus the delay plus ``max_ahead_s`` of not-yet-played audio).
         ``context_ms``: audio before the onset that the echo path is learned from. ``leak_db``: the
@@ -138,11 +139,13 @@ class EchoGate:
         frame = int(round(frame_ms * rate / 1000)) // 2 * 2
         self._frame = frame
         self._hop = frame // 2
-        self._window = np.hanning(frame + 1)[:frame].astype(np.float32)  # periodic: sums flat at half overlap
+        # periodic Hann (flat sum at half overlap); float64, which numpy FFTs 4x faster than float32
+        self._window = np.hanning(frame + 1)[:frame]
         self._lags = -(-self.max_delay // self._hop)  # hops of delay searched
         self._context = int(round(context_ms * rate / 1000))
         freqs = np.fft.rfftfreq(frame, 1.0 / rate)
-        self._bins = int(np.searchsorted(freqs, min(_TOP_BIN_HZ, rate / 2), side="right"))
+        self._bins = int(np.searchsorted(freqs, min(top_hz, rate / 2), side="right"))
+        self._delay_bins = int(np.searchsorted(freqs, min(_DELAY_TOP_HZ, rate / 2), side="right"))
         edges = [e for e in _DELAY_BANDS_HZ if e < rate / 2]
         bands = np.zeros((self._bins, max(len(edges) - 1, 1)), dtype=np.float32)
         for b in range(len(edges) - 1):
@@ -159,6 +162,7 @@ class EchoGate:
         self._mic = _Ring(history)
         self._ref = _Ring(history + self.max_delay + int(max_ahead_s * rate))
         self._played: deque[list[int]] = deque()  # [start, end) stretches of reference, merged when they touch
+        self._known: tuple[int, float] | None = None  # (delay, its GCC peak) when last searched
         self.delay: int | None = None  # the echo delay (samples) found by the last question, for diagnostics
 
     # ---- feeding: copies only --------------------------------------------------------------
@@ -218,15 +222,26 @@ class EchoGate:
             return None
         origin = first * hop
         mic = self._spectra(self._mic.read(origin, last * hop + frame), n)
-        lags = self._lags
-        ref_wide = self._spectra(self._ref.read(origin - lags * hop, last * hop + frame), n + lags)
-        delay = self._delay(mic, ref_wide)
+        # The echo delay: the last one found while it still fits (a cheap check), else a full search.
+        taps = self._taps
+        ref = None
+        known = self._known
+        if known is not None:
+            ref = self._ref_frames(origin, last, known[0])
+            peak, shift = self._fit(mic, ref[taps:taps + n])
+            if abs(shift) > 2 or peak < 0.5 * known[1]:
+                ref = None
+        if ref is None:
+            lags = self._lags
+            ref_wide = self._spectra(self._ref.read(origin - lags * hop, last * hop + frame), n + lags)
+            delay, peak = self._delay(mic, ref_wide)
+            self._known = (delay, peak) if peak >= _SURE_PEAK else None  # (kept only when the echo was clear)
+            ref = self._ref_frames(origin, last, delay)
+        else:
+            delay = self._known[0]
         self.delay = delay
         # The echo path: per bin, a few complex taps on the reference frames around the delay (the
         # frame before and after absorb a phone filter's or a room's smearing), fitted by least squares.
-        taps = self._taps
-        ref = self._spectra(self._ref.read(origin - delay - taps * hop, last * hop + frame - delay + taps * hop),
-                            n + 2 * taps)
         width = 2 * taps + 1
         x = [ref[t:t + n] for t in range(width)]  # tap t: the reference (taps - t) hops later than the delay
         xc = [v.conj() for v in x]
@@ -261,30 +276,54 @@ class EchoGate:
         frames = np.lib.stride_tricks.sliding_window_view(samples, self._frame)[::self._hop][:n]
         return np.fft.rfft(frames * self._window, axis=1)[:, :self._bins]
 
-    def _delay(self, mic: np.ndarray, ref_wide: np.ndarray) -> int:
-        """The echo delay in samples: a cross-correlation of the frames at every whole-hop lag (along the
-        frame axis, by FFT), each refined within a hop by its bins' phases; bins are weighted by their
-        coherence (SCOT), so a band the phone cuts off adds no noise."""
+    def _ref_frames(self, origin: int, last: int, delay: int) -> np.ndarray:
+        """Reference spectra on the microphone's frames, ``delay`` earlier, ``taps`` extra frames each side."""
+        hop, pad = self._hop, self._taps * self._hop
+        n = (last * hop - origin) // hop + 1 + 2 * self._taps
+        return self._spectra(self._ref.read(origin - delay - pad, last * hop + self._frame - delay + pad), n)
+
+    def _weighted_cross(self, cross: np.ndarray, pm: np.ndarray, pr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """GCC with coherence weights (SCOT): [..., bins] cross-spectra to (peak value, shift in samples)
+        within a hop either way; a band the phone cuts off is incoherent and adds no noise."""
+        hop = self._hop
+        weighted = cross / (np.sqrt(pm * pr) + _FLOOR)
+        shifts = np.r_[0:hop + 1, -hop:0]
+        xc = np.fft.irfft(weighted, self._frame, axis=-1)[..., shifts % self._frame]  # (zero-padded: 1-sample steps)
+        k = np.argmax(xc, axis=-1)
+        peak = np.take_along_axis(xc, k[..., None], axis=-1)[..., 0] * (self._frame / (2 * (self._delay_bins - 1)))
+        return peak, shifts[k]  # (peak: about the fraction of coherent bins, whatever the rate)
+
+    def _fit(self, mic: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
+        """How well a known delay still fits: its GCC peak and where (in samples) the peak now lies."""
+        kd = self._delay_bins
+        mic, ref = mic[:, :kd], ref[:, :kd]
+        cross = (mic * ref.conj()).sum(axis=0)
+        pm = (mic.real ** 2 + mic.imag ** 2).sum(axis=0)
+        pr = (ref.real ** 2 + ref.imag ** 2).sum(axis=0)
+        peak, shift = self._weighted_cross(cross, pm, pr)
+        return float(peak), int(shift)
+
+    def _delay(self, mic: np.ndarray, ref_wide: np.ndarray) -> tuple[int, float]:
+        """The echo delay in samples and its GCC peak: the frames' cross-spectra at every whole-hop lag
+        (one FFT along the frame axis), each refined within a hop by its bins' phases. Only the band
+        every phone passes (up to 4 kHz) is used."""
         n, lags, hop = mic.shape[0], self._lags, self._hop
-        m = n + lags
-        size = 1 << (m - 1).bit_length()
-        # cross[j, k] = sum_f mic[f, k] * conj(ref_wide[f + j, k]): lag (lags - j) hops
+        kd = self._delay_bins
+        mic, ref_wide = mic[:, :kd], ref_wide[:, :kd]
+        size = 1 << (n + lags - 1).bit_length()
+        # cross[j, k] = sum_f mic[f, k] * conj(ref_wide[f + j, k]): a lag of (lags - j) hops
         spec_m = np.fft.fft(mic, size, axis=0)
         spec_r = np.fft.fft(ref_wide, size, axis=0)
         cross = np.fft.ifft(spec_m.conj() * spec_r, axis=0)[:lags + 1].conj()
         pm = (mic.real ** 2 + mic.imag ** 2).sum(axis=0)
         pr = ref_wide.real ** 2 + ref_wide.imag ** 2
-        csum = np.concatenate([np.zeros((1, pr.shape[1])), np.cumsum(pr, axis=0)])
-        pr_lag = csum[n:n + lags + 1] - csum[:lags + 1]  # sum over the n frames each lag uses
-        weighted = cross / (np.sqrt(pm * pr_lag) + _FLOOR)
-        bins = 2 * (self._bins - 1)  # (the spectra stop at 8 kHz: above 16 kHz a lag step is several samples)
-        xc = np.fft.irfft(weighted, bins, axis=1)
-        reach = hop * bins // self._frame
-        shifts = np.r_[0:reach + 1, -reach:0]  # within a hop either way
-        values = xc[:, shifts % bins]
-        j, k = np.unravel_index(int(np.argmax(values)), values.shape)
-        delay = (lags - int(j)) * hop + round(int(shifts[k]) * self._frame / bins)
-        return int(min(max(delay, 0), self.max_delay))
+        csum = np.zeros((n + lags + 1, kd))
+        np.cumsum(pr, axis=0, out=csum[1:])
+        pr_lag = csum[n:n + lags + 1] - csum[:lags + 1]  # the reference's power over the frames of each lag
+        peaks, shifts = self._weighted_cross(cross, pm, pr_lag)
+        j = int(np.argmax(peaks))
+        delay = (lags - j) * hop + int(shifts[j])
+        return int(min(max(delay, 0), self.max_delay)), float(peaks[j])
 
     def _learned_leak(self, res_power: np.ndarray, echo_power: np.ndarray, noise: np.ndarray,
                       context: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Our own server: the lean transport on a listening socket, plain HTTP GETs, graceful close.
 
 Every connection (``wsstream.transport.WsConnection``, an asyncio protocol)
-opens its stream on the server's ``Hub``; plain HTTP GETs (``/healthz``,
-``/metrics``, the demo page) are answered by the same listener. ``serve()`` is
-the in-process API: ``async with serve(reply_fn) as server:`` in a host app's
-own loop.
+opens its stream on the server's ``Hub`` once the server's ``AccessPolicy`` has
+admitted its upgrade; plain HTTP GETs (``/healthz``, ``/metrics``, the demo
+page) are answered by the same listener. With ``certfile`` set the listener
+speaks TLS (wss://, https://). ``serve()`` is the in-process API:
+``async with serve(reply_fn) as server:`` in a host app's own loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,11 +22,12 @@ from websockets.http11 import Request, Response
 
 from vad.engine import VadEngine
 from wsstream import web
+from wsstream.access import AccessPolicy
 from wsstream.config import ServerConfig, tune_process
 from wsstream.dialects import DIALECTS
 from wsstream.hub import Hub
 from wsstream.reply import ReplyFn, ReplyOnPause
-from wsstream.transport import CLOSE_TIMEOUT_S, WsConnection
+from wsstream.transport import CLOSE_TIMEOUT_S, OPEN_TIMEOUT_S, WsConnection
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class WsServer:
             self.config = config or ServerConfig()
             self.hub = Hub(app, self.config, engine=engine)
         self.metrics = self.hub.metrics
+        self.access = AccessPolicy(self.config, self.metrics)  # (the server's config: it may not be the hub's)
         # Plain GETs by path; a key ending in "*" matches every path with that prefix.
         self.http_routes: dict[str, Callable[[Request], Response | None]] = dict(web.ROUTES)
         self.connections: set[WsConnection] = set()
@@ -53,7 +57,7 @@ class WsServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}"
+        return f"{'wss' if self.config.tls else 'ws'}://{self.config.host}:{self.port}"
 
     @property
     def ready(self) -> bool:
@@ -75,10 +79,12 @@ class WsServer:
     async def start(self) -> None:
         await self.hub.start()
         loop = asyncio.get_running_loop()
+        tls = ssl_context(self.config)
         self._server = await loop.create_server(
             lambda: WsConnection(self), self.config.host, self.config.port,
-            reuse_port=self.config.reuse_port or None, backlog=1024)
-        log.info("wsstream listening on ws://%s:%d/ws", self.config.host, self.port)
+            reuse_port=self.config.reuse_port or None, backlog=1024,
+            ssl=tls, ssl_handshake_timeout=OPEN_TIMEOUT_S if tls else None)
+        log.info("wsstream listening on %s/ws", self.url)
 
     async def __aenter__(self) -> WsServer:
         await self.start()
@@ -144,6 +150,17 @@ class WsServer:
             if response is not None:
                 return response
         return _text(404, f"not found: {path}\n")
+
+
+def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``certfile``/``keyfile``, or None (plain ws://). Python's server defaults (TLS 1.2 and
+    up, its cipher choice); HTTP/1.1 only over ALPN, as a WebSocket upgrade needs it."""
+    if not config.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.certfile, config.keyfile or None)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _text(status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:

@@ -1,139 +1,326 @@
-"""Stop-word spotters: the small interface ReplyOnStopWords calls, and a default that works offline.
+"""Stop-word spotting: does a short stretch of a speaker's audio contain a stop word?
 
-A spotter is any callable from ``(sample_rate, samples)`` (int16 or float32
-mono, the turn so far) to a ``Heard``, a bool, ``None`` or a transcript ``str``
-(matched against the stop words with ``match_stop_words``). So a user plugs in
-their own speech-to-text or keyword model in a line. The server calls it off the
-event loop, in a thread, only on speech.
+ReplyOnStopWords keeps an agent quiet until the caller says a stop word
+("computer", "hey assistant"). The server asks a *spotter* about the last few
+seconds of the current turn, from a worker thread, only while the VAD hears
+speech. Anything callable as a :data:`Spotter` will do, so a speech-to-text
+model or a keyword model of the user's own plugs in with a line::
 
-``PocketSphinxSpotter`` is the default: CMU PocketSphinx's keyphrase search with
-the English acoustic model and dictionary its package ships (nothing is
-downloaded). Measured on tests/data/stopwords (espeak-ng voices, synthetic) it
-is weak: see the closing note of issue 14; a plugged-in recogniser does better.
+    ReplyOnStopWords(handler, stop_words=["computer"], spotter=lambda audio: my_stt(audio))
+
+The default, :class:`PocketSphinxSpotter`, runs CMU PocketSphinx's keyphrase
+search with the English model its wheel ships: no download, no network, a few
+milliseconds of CPU per second of audio.
 """
 
 from __future__ import annotations
 
-import queue
+import functools
+import importlib.util
+import math
+import os
 import re
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 import soxr
 
-DEFAULT_THRESHOLD = 1e-30  # keyphrase search: lower hears more, and more falsely (none false on our set)
-MAX_DECODERS = 4  # each holds the acoustic model (~30 MB): a few, shared by every stream
+__all__ = [
+    "DEFAULT_LOG10_THRESHOLD_PER_PHONE",
+    "Heard",
+    "PocketSphinxSpotter",
+    "SpotResult",
+    "Spotter",
+    "match_stop_words",
+    "pocketsphinx_available",
+    "resolve",
+]
+
+_INSTALL_HINT = "pip install 'wsstream[stopwords]'"
 
 
 @dataclass(frozen=True)
 class Heard:
-    """A stop word heard: the word as configured, and where in the audio it ended (s), when known."""
+    """A stop word was heard: which one (as configured) and where it ended, when the engine knows."""
 
     word: str
-    end_s: float | None = None
+    end_s: float | None = None  # seconds from the start of the audio the spotter was given
 
 
-SpotResult = Heard | bool | str | None
-Spotter = Callable[[tuple[int, np.ndarray]], SpotResult]
+SpotResult: TypeAlias = bool | str | Heard | None
+"""What a spotter returns: a :class:`Heard`; ``True``/``False``; ``None`` (nothing
+heard); or a transcript (``str``) that :func:`resolve` matches against the stop
+words with :func:`match_stop_words`."""
+
+Spotter: TypeAlias = Callable[[tuple[int, np.ndarray]], SpotResult]
+"""A stop-word spotter: ``spotter((sample_rate, samples)) -> SpotResult``.
+
+``samples`` is mono int16 or float32 (full scale ±1.0) at ``sample_rate``, any
+rate from 8000 to 48000 Hz: the last couple of seconds of the current turn. It
+is called from worker threads, possibly several at once, so it must be
+thread-safe and must not touch the event loop. Returning a transcript lets any
+speech-to-text engine serve as a spotter without knowing the stop words.
+"""
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
 def _words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+    """Lower-case words, punctuation dropped; an apostrophe inside a word keeps it one word ("what's")."""
+    return _WORD.findall(text.casefold())
 
 
 def match_stop_words(text: str, stop_words: Sequence[str]) -> str | None:
-    """The first stop word (or phrase) found in ``text`` as whole words, case and punctuation ignored."""
-    words = _words(text)
+    """The first configured stop word (or phrase) found in ``text`` as whole words, else None.
+
+    Case and punctuation are ignored and a phrase matches across any spacing, so
+    a transcript's formatting doesn't matter ("Computer, what time" and
+    "hey   assistant!" match), but a word must match whole ("computers" is not
+    "computer"), since a stop word that fires inside longer words would wake
+    the agent all the time. Order is the configuration's, not the text's.
+    """
+    said = _words(text)
+    if not said:
+        return None
+    padded = " " + " ".join(said) + " "
     for stop in stop_words:
         want = _words(stop)
-        n = len(want)
-        if n and any(words[i:i + n] == want for i in range(len(words) - n + 1)):
+        if want and f" {' '.join(want)} " in padded:
             return stop
     return None
 
 
 def resolve(result: SpotResult, stop_words: Sequence[str]) -> Heard | None:
-    """Any spotter's answer as a Heard or None; ``True`` means the first stop word."""
-    if isinstance(result, Heard):
+    """Any :data:`SpotResult` as a :class:`Heard` or None, the one form the server acts on.
+
+    ``True`` (a spotter that only says yes or no) means the first configured
+    stop word, with no end time: a yes/no spotter cannot say which word it was.
+    A transcript is matched with :func:`match_stop_words`. A :class:`Heard` is
+    returned as it is, so a spotter may report a word outside ``stop_words``.
+    """
+    if result is None or isinstance(result, Heard):
         return result
-    if result is True:
+    if isinstance(result, bool | np.bool_):
+        if not result:
+            return None
+        if not stop_words:
+            raise ValueError("a spotter returned True but no stop words are configured")
         return Heard(stop_words[0])
     if isinstance(result, str):
         word = match_stop_words(result, stop_words)
         return None if word is None else Heard(word)
-    return None
+    raise TypeError(f"a spotter must return Heard, bool, str or None, not {type(result).__name__}")
 
 
 def pocketsphinx_available() -> bool:
-    import importlib.util
-
+    """Whether the default spotter can run (the ``stopwords`` extra is installed)."""
     return importlib.util.find_spec("pocketsphinx") is not None
 
 
+def _import_pocketsphinx() -> Any:
+    try:
+        import pocketsphinx
+    except ImportError as exc:
+        raise ImportError(
+            f"the default stop-word spotter needs PocketSphinx: {_INSTALL_HINT} "
+            "(or pass a spotter of your own)") from exc
+    return pocketsphinx
+
+
+@functools.lru_cache(maxsize=4)
+def _lexicon(path: str) -> dict[str, tuple[str, ...]]:
+    """CMUdict as {word: (pronunciation, ...)}, read once per process (about 0.2 s, 20 MB)."""
+    lexicon: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            head, _, phones = line.strip().partition(" ")
+            if phones:
+                lexicon.setdefault(re.sub(r"\(\d+\)$", "", head), []).append(phones.strip())
+    return {word: tuple(prons) for word, prons in lexicon.items()}
+
+
+DEFAULT_LOG10_THRESHOLD_PER_PHONE = -3.75
+"""The default keyphrase threshold is ``10 ** (this × phones in the phrase)``:
+1e-40 for "computer" (8 phones), the value benchmarks/stopwords.py picked on
+the synthetic set. PocketSphinx's threshold is a likelihood ratio over the
+whole phrase, so a longer phrase needs a proportionally smaller one."""
+
+_RATE = 16000  # the acoustic model's rate
+_FRAME_RATE = 100  # PocketSphinx frames per second
+# Deterministic dither, about -60 dBFS: digital silence (a browser's noise suppressor, a
+# jitter buffer's zero fill, synthetic speech) sends PocketSphinx's cepstra to -inf-like
+# values and its noise and mean estimates off; real microphones never give exact zeros.
+_DITHER = np.random.default_rng(20240514).normal(0.0, 1e-3, _RATE * 4).astype(np.float32)
+
+
 class PocketSphinxSpotter:
-    """Keyphrase search over the stop words; thread-safe through a small pool of decoders."""
+    """The default :data:`Spotter`: PocketSphinx keyphrase search for the configured stop words.
 
-    def __init__(self, stop_words: Sequence[str], *, threshold: float = DEFAULT_THRESHOLD) -> None:
-        try:
-            import pocketsphinx
-        except ImportError:
-            raise ImportError("the default stop-word spotter needs pocketsphinx: "
-                              "pip install 'wsstream[stopwords]' (or give ReplyOnStopWords a spotter)") from None
-        self._ps = pocketsphinx
+    Thread-safe: concurrent calls each borrow a decoder from a pool of at most
+    ``max_decoders`` (further callers wait), created on first need. A decoder
+    holds the keyphrase search only (its dictionary is just the stop words), so
+    each costs little memory; the acoustic model is memory-mapped and shared.
+    Every call starts from the same decoder state, so the answer for a given
+    window never depends on what the decoder heard before.
+
+    ``threshold`` is PocketSphinx's ``kws_threshold`` (a likelihood ratio, e.g.
+    1e-40; smaller hears more and false-fires more), one for every stop word or
+    a mapping per stop word; words it does not name get the default, scaled by
+    phrase length (:data:`DEFAULT_LOG10_THRESHOLD_PER_PHONE`). ``pronunciations``
+    adds words the dictionary lacks, in its ARPAbet phones
+    (``{"wsstream": "W IH Z S T R IY M"}``).
+    """
+
+    def __init__(self, stop_words: Sequence[str], *, threshold: float | Mapping[str, float] | None = None,
+                 pronunciations: Mapping[str, str] | None = None, max_decoders: int | None = None) -> None:
+        ps = _import_pocketsphinx()
+        if isinstance(stop_words, str):
+            stop_words = [stop_words]
+        if not stop_words:
+            raise ValueError("PocketSphinxSpotter needs at least one stop word")
         self.stop_words = tuple(stop_words)
-        self.threshold = threshold
-        self._pool: queue.LifoQueue[object] = queue.LifoQueue()
-        self._made = 0
+        self._ps = ps
+        extra = {w.casefold(): p.upper().split() for w, p in (pronunciations or {}).items()}
+        lexicon = _lexicon(ps.get_model_path(os.path.join("en-us", "cmudict-en-us.dict")))
+        entries: dict[str, list[str]] = {}
+        self._phrase_to_word: dict[str, str] = {}
+        lines = []
+        for stop in self.stop_words:
+            words = _words(stop)
+            if not words:
+                raise ValueError(f"stop word {stop!r} has no letters")
+            phones = 0
+            for w in words:
+                if w in extra:
+                    entries[w] = [" ".join(extra[w])]
+                elif w in lexicon:
+                    entries[w] = list(lexicon[w])
+                else:
+                    raise ValueError(
+                        f"stop word {stop!r}: {w!r} is not in PocketSphinx's English dictionary; try another "
+                        f"spelling, give its phones with pronunciations={{{w!r}: 'PH OW N Z'}}, or pass a spotter "
+                        "of your own")
+                phones += len(entries[w][0].split())
+            phrase = " ".join(words)
+            self._phrase_to_word.setdefault(phrase, stop)
+            lines.append(f"{phrase} /{self._threshold_for(stop, phones, threshold):.3e}/")
+        self._dict_text = "".join(f"{w} {p}\n" if i == 0 else f"{w}({i + 1}) {p}\n"
+                                  for w, prons in entries.items() for i, p in enumerate(prons))
+        self._kws_text = "\n".join(lines) + "\n"
+        self.thresholds = {line.rsplit(" /", 1)[0]: float(line.rsplit("/", 2)[1]) for line in lines}
+        self.max_decoders = max(1, max_decoders if max_decoders is not None else min(4, os.cpu_count() or 1))
+        self._slots = threading.BoundedSemaphore(self.max_decoders)
         self._lock = threading.Lock()
-        probe = self._new()
-        unknown = [w for phrase in self.stop_words for w in _words(phrase) if probe.lookup_word(w) is None]
-        if unknown:
-            raise ValueError(f"not in PocketSphinx's English dictionary: {', '.join(unknown)}; spell it "
-                             "differently, or give ReplyOnStopWords a spotter of your own")
-        self._pool.put(probe)
+        self._idle: list[Any] = []
+        self._closed = False
+        try:  # build one now, so a bad pronunciation fails here and not in the server's thread
+            first = self._new_decoder()
+        except RuntimeError as exc:
+            raise ValueError(f"PocketSphinx rejected the stop words {list(self.stop_words)}: {exc}") from exc
+        for w, prons in entries.items():  # PocketSphinx drops a word with an unknown phone, with only a log line
+            if first.lookup_word(w) is None:
+                raise ValueError(f"pronunciation {prons[0]!r} of {w!r} uses a phone the acoustic model lacks "
+                                 "(ARPAbet phones without stress digits, e.g. 'K AH M P Y UW T ER')")
+        self._idle.append(first)
 
-    def _new(self) -> object:
-        with self._lock:
-            self._made += 1
-        lines = "\n".join(f"{' '.join(_words(w))} /{self.threshold:g}/" for w in self.stop_words)
-        decoder = self._ps.Decoder(loglevel="ERROR")
-        decoder.add_kws("stop_words", _kws_file(lines))
-        decoder.activate_search("stop_words")
-        return decoder
+    @staticmethod
+    def _threshold_for(stop: str, phones: int, threshold: float | Mapping[str, float] | None) -> float:
+        if isinstance(threshold, Mapping):
+            threshold = threshold.get(stop)
+        if threshold is None:
+            return 10.0 ** (DEFAULT_LOG10_THRESHOLD_PER_PHONE * phones)
+        if not (0.0 < float(threshold) and math.isfinite(float(threshold))):
+            raise ValueError(f"threshold for {stop!r} must be a positive likelihood ratio such as 1e-40")
+        return float(threshold)
+
+    def _new_decoder(self) -> Any:
+        with tempfile.TemporaryDirectory(prefix="wsstream-kws-") as tmp:
+            dict_path, kws_path = os.path.join(tmp, "stop.dict"), os.path.join(tmp, "stop.kws")
+            with open(dict_path, "w", encoding="utf-8") as f:
+                f.write(self._dict_text)
+            with open(kws_path, "w", encoding="utf-8") as f:
+                f.write(self._kws_text)
+            return self._ps.Decoder(kws=kws_path, dict=dict_path, loglevel="ERROR")
+
+    @property
+    def decoders(self) -> int:
+        """Decoders alive in the pool now (idle ones; at most ``max_decoders`` ever exist)."""
+        return len(self._idle)
 
     def __call__(self, audio: tuple[int, np.ndarray]) -> Heard | None:
+        """The earliest stop word PocketSphinx spots in ``(rate, samples)``, with where it ended."""
+        pcm = self._pcm16(audio)
+        if pcm.size < _RATE // 10:
+            return None
+        with self._slots:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("PocketSphinxSpotter is closed")
+                decoder = self._idle.pop() if self._idle else None
+            if decoder is None:
+                decoder = self._new_decoder()
+            heard = self._decode(decoder, pcm)  # a decoder that raised is dropped, not reused
+            with self._lock:
+                if not self._closed:
+                    self._idle.append(decoder)
+        return heard
+
+    def _decode(self, decoder: Any, pcm: np.ndarray) -> Heard | None:
+        # The whole window in one call with full_utt: cepstral mean normalization over the
+        # window itself (batch CMN, as the model was trained). Live CMN from the model's
+        # generic start takes a second or more to settle, exactly where a stop word at the
+        # start of a turn is, and would carry one call's audio into the next.
+        # The front end keeps a noise estimate from utterance to utterance; reset it (about
+        # 0.1 ms) so a window's answer never depends on which streams this decoder heard.
+        decoder.reinit_feat()
+        decoder.start_utt()
+        decoder.process_raw(pcm.tobytes(), False, True)
+        decoder.end_utt()
+        if decoder.hyp() is None:
+            return None
+        # a keyphrase segment's word is the phrase as written in the kws file, space-padded
+        found = [(seg.end_frame, " ".join(seg.word.split())) for seg in decoder.seg() or ()]
+        found = [(end, phrase) for end, phrase in found if phrase in self._phrase_to_word]
+        if not found:
+            return None
+        end_frame, phrase = min(found)
+        end_s = min((end_frame + 1) / _FRAME_RATE, pcm.size / _RATE)
+        return Heard(self._phrase_to_word[phrase], end_s)
+
+    @staticmethod
+    def _pcm16(audio: tuple[int, np.ndarray]) -> np.ndarray:
+        """Mono int16 at 16 kHz with the dither added, from int16 or float audio at any rate."""
         rate, samples = audio
         x = np.asarray(samples)
-        if x.dtype != np.int16:
-            x = (np.clip(x.astype(np.float32), -1.0, 1.0) * 32767).astype(np.int16)
-        if rate != 16000:
-            x = soxr.resample(x, rate, 16000)
-        try:
-            decoder = self._pool.get_nowait()
-        except queue.Empty:
-            decoder = self._new() if self._made < MAX_DECODERS else self._pool.get()
-        try:
-            decoder.start_utt()  # type: ignore[attr-defined]
-            decoder.process_raw(np.ascontiguousarray(x, dtype=np.int16).tobytes(), False, True)  # type: ignore
-            decoder.end_utt()  # type: ignore[attr-defined]
-            if decoder.hyp() is None:  # type: ignore[attr-defined]
-                return None
-            segs = list(decoder.seg())  # type: ignore[attr-defined]
-        finally:
-            self._pool.put(decoder)
-        for seg in segs:
-            word = match_stop_words(seg.word, self.stop_words)
-            if word is not None:
-                return Heard(word, end_s=seg.end_frame / 100.0)  # (frames of 10 ms)
-        return Heard(self.stop_words[0])
+        if x.ndim == 2 and 1 in x.shape:
+            x = x.reshape(-1)
+        if x.ndim != 1:
+            raise ValueError(f"a spotter takes mono audio, got shape {x.shape}")
+        if not 8000 <= int(rate) <= 48000:
+            raise ValueError(f"sample rate {rate} outside 8000–48000 Hz")
+        if x.dtype == np.int16:
+            x = x.astype(np.float32) / 32768.0
+        elif np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32, copy=False)
+        else:
+            raise ValueError(f"samples must be int16 or float, not {x.dtype}")
+        if int(rate) != _RATE:
+            x = soxr.resample(x, int(rate), _RATE)
+        x = x + np.resize(_DITHER, x.size)
+        return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
 
+    def close(self) -> None:
+        """Free the decoders; later calls raise RuntimeError. Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._idle.clear()
 
-def _kws_file(lines: str) -> str:
-    """PocketSphinx reads keyphrases from a file: one per line, with its threshold."""
-    import tempfile
+    def __enter__(self) -> PocketSphinxSpotter:
+        return self
 
-    with tempfile.NamedTemporaryFile("w", suffix=".kws", delete=False) as f:
-        f.write(lines + "\n")
-        return f.name
+    def __exit__(self, *exc: object) -> None:
+        self.close()

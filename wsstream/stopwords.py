@@ -93,9 +93,12 @@ class Answer:
 class StopWordGate:
     """One stream's activation state. Positions are the detector's sample indices (at ``rate``)."""
 
-    def __init__(self, app: ReplyOnStopWords, rate: int) -> None:
+    def __init__(self, app: ReplyOnStopWords, rate: int, lead: int = 0) -> None:
         self.app = app
         self.rate = rate
+        # Audio before the onset that a window includes: a spotter needs the silence before a word
+        # (PocketSphinx misses a stop word that starts its window, measured on tests/data/stopwords).
+        self.lead = lead
         self.state = Activation.LISTENING
         self.heard: Heard | None = None  # the last stop word heard
         self._window = int(app.spot_window_s * rate)
@@ -129,7 +132,7 @@ class StopWordGate:
             return None
         if speech_end - self._spotted_to < self._every:
             return None
-        return max(onset, speech_end - self._window), speech_end
+        return max(onset - self.lead, 0, speech_end - self._window), speech_end
 
     def spot(self, start: int, end: int, audio: tuple[int, np.ndarray]) -> Spot:
         self._seq += 1

@@ -13,13 +13,17 @@ backlog drainer while reading is paused; one timer covers the handshake, then
 the closing handshake, one the keepalive pings, and one a write stall (a peer
 that does not read: keepalive cannot see it, as it may well keep sending). The
 connection knows its host only through ``Host``: the hub that opens streams,
-the HTTP answers, the set of open connections.
+the access policy that admits upgrades, the HTTP answers, the set of open
+connections. Over TLS (``loop.create_server(ssl=...)``) nothing here changes:
+the transport given is the TLS one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import http
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -28,6 +32,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from wsstream import web
+from wsstream.access import AccessPolicy, Refusal
 from wsstream.dialects import DIALECTS, ProtocolError
 from wsstream.dialects.base import Dialect
 from wsstream.events import AudioIn, Close, Error, InEvent, OutEvent
@@ -57,10 +62,22 @@ WRITE_HIGH_WATER = 256 * 1024
 STALL_REASON = "client is not reading"
 
 
+class _HandshakeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' handshake log without its DEBUG lines, which quote every request and response header (a
+    token in Authorization, in the query, in the subprotocol): a token must never reach a log."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+HANDSHAKE_LOG = _HandshakeLog(logging.getLogger("websockets.server"), {})
+
+
 class Host(Protocol):
     """What a connection needs of the server that accepted it."""
 
     hub: Hub
+    access: AccessPolicy
     connections: set[WsConnection]
 
     def process_request(self, request: Request) -> Response | None:
@@ -81,9 +98,11 @@ class WsConnection(asyncio.Protocol):
         self.dialect: Dialect | None = None
         self.last_seen = 0.0
         self.close_code: int | None = None
+        self._query = ""  # what the dialect sees of the request's query (the access policy took any token out)
+        self._slot_ip: str | None = None  # a per-address connection slot this connection holds
         self._loop = asyncio.get_running_loop()
         max_bytes = self.hub.config.max_message_bytes
-        self._handshake = ServerProtocol(max_size=max_bytes)
+        self._handshake = ServerProtocol(max_size=max_bytes, logger=HANDSHAKE_LOG)
         self._request_buf = bytearray()
         self._parser = FrameParser(max_bytes)
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -144,6 +163,9 @@ class WsConnection(asyncio.Protocol):
         self.state = "closed"
         self.close_code = self.close_code or 1006
         self.host.connections.discard(self)
+        if self._slot_ip is not None:
+            self.host.access.closed(self._slot_ip)
+            self._slot_ip = None
         for timer in (self._timer, self._ping_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
@@ -177,7 +199,7 @@ class WsConnection(asyncio.Protocol):
         response = None
         if request is not None:
             # (pages answer as to a GET; for_method fits that to HEAD, or to another method's 405)
-            response = web.for_method(request.method, self.host.process_request(request) or hs.accept(request))
+            response = web.for_method(request.method, self.host.process_request(request) or self._upgrade(request))
             hs.send_response(response)
         self._flush_handshake()
         if request is None or response is None or response.status_code != 101:
@@ -194,6 +216,24 @@ class WsConnection(asyncio.Protocol):
         if rest and self.state != "closed":  # (a refused stream is "closing": its close is still read)
             self._frames(rest)
 
+    def _upgrade(self, request: Request) -> Response:
+        """The answer to an upgrade on a WebSocket path: the access policy's refusal, or the handshake's."""
+        assert self.transport is not None
+        path, _, query = request.path.partition("?")
+        peer = self.transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) and peer else ""
+        scheme = "wss" if self.transport.get_extra_info("ssl_object") is not None else "ws"
+        verdict = self.host.access.check(path, query, request.headers.raw_items(), ip, self._loop.time(),
+                                         scheme=scheme)
+        if isinstance(verdict, Refusal):
+            return refusal_response(verdict)
+        self._slot_ip = verdict.ip  # (given back in connection_lost, whatever happens next)
+        self._query = verdict.query
+        response = self._handshake.accept(request)
+        if response.status_code == 101 and verdict.subprotocol is not None:
+            response.headers["Sec-WebSocket-Protocol"] = verdict.subprotocol
+        return response
+
     def _flush_handshake(self) -> None:
         assert self.transport is not None
         for chunk in self._handshake.data_to_send():
@@ -201,10 +241,10 @@ class WsConnection(asyncio.Protocol):
                 self.transport.write(chunk)
 
     def _open(self, request: Request) -> None:
-        path, _, query = request.path.partition("?")
+        path = request.path.partition("?")[0]
         dialect = self.dialect = DIALECTS[path]()
         try:
-            stream = self.hub.open_stream(dialect, query)
+            stream = self.hub.open_stream(dialect, self._query)
         except StreamRefused as exc:
             self._emit(exc.event)
             self.close(exc.code, exc.reason)
@@ -439,3 +479,11 @@ class WsConnection(asyncio.Protocol):
             log.error("connection writer failed", exc_info=task.exception())
             self.close(1011, "internal error")
         self._maybe_done()
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    """An access refusal as the HTTP answer to the upgrade: its status, its short text, its headers."""
+    response = web.response(refusal.status, refusal.body.encode(), "text/plain; charset=utf-8")
+    for name, value in refusal.headers:
+        response.headers[name] = value
+    return dataclasses.replace(response, reason_phrase=http.HTTPStatus(refusal.status).phrase)
