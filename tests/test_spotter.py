@@ -204,3 +204,57 @@ def test_silence_short_and_bad_input(spotter: PocketSphinxSpotter) -> None:
         spotter((16000, np.zeros((2, 1000), np.float32)))
     with pytest.raises(ValueError):
         spotter((4000, np.zeros(1000, np.float32)))
+
+
+@needs_pocketsphinx
+def test_the_default_spotter_decodes_in_worker_processes_and_never_stalls_the_loop() -> None:
+    """PocketSphinx holds the GIL while it decodes (70-200 ms per 2.5 s window, measured): from a thread
+    it stalls the event loop, and every stream with it. The default spotter decodes in worker processes."""
+    import asyncio
+    import time
+
+    from wsstream.spotter import ProcessPoolSpotter, default_spotter
+
+    entries = json.loads((DATA / "manifest.json").read_text())["files"]
+    with_word = next(f for f in entries if f["has_stop_word"] and f["position"] == "start")
+    without = next(f for f in entries if f["position"] == "none" and f["text"] not in NEAR_MISSES)
+
+    def window(entry: dict) -> tuple[int, np.ndarray]:
+        audio, rate = sf.read(DATA / entry["file"], dtype="float32")
+        return rate, np.tile(audio, 2)[:int(2.5 * rate)]
+
+    async def spots(spotter: object, audio: tuple[int, np.ndarray], n: int) -> tuple[list[object], float]:
+        gaps, results, done = [0.0], [], False
+
+        async def probe() -> None:
+            last = time.perf_counter()
+            while not done:
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(probe())
+        with ThreadPoolExecutor(2) as threads:
+            for _ in range(n):
+                results.append(await asyncio.get_running_loop().run_in_executor(threads, spotter, audio))
+        done = True
+        await task
+        return results, max(gaps)
+
+    spotter = default_spotter(["computer"])
+    assert isinstance(spotter, ProcessPoolSpotter)
+    try:
+        spotter.start()
+        heard, _ = asyncio.run(spots(spotter, window(with_word), 1))  # (the workers are up after this)
+        assert heard[0] is not None and heard[0].word == "computer"
+        results, stall = asyncio.run(spots(spotter, window(with_word), 6))
+        assert all(r == heard[0] for r in results)
+        assert asyncio.run(spots(spotter, window(without), 2))[0] == [None, None]
+        with PocketSphinxSpotter(["computer"]) as in_thread:
+            _, thread_stall = asyncio.run(spots(in_thread, window(with_word), 6))
+    finally:
+        spotter.close()
+    assert stall < 0.05 and stall < thread_stall / 2, (stall, thread_stall)
+    with pytest.raises(RuntimeError, match="closed"):
+        spotter(window(with_word))

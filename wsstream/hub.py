@@ -125,6 +125,9 @@ class Hub:
             if self.engine is None:
                 model = await asyncio.to_thread(SileroModel)
                 self.engine = VadEngine(model)
+            spotter = getattr(self.app, "spotter", None)
+            if hasattr(spotter, "start"):  # (worker processes of the default stop-word spotter)
+                await asyncio.to_thread(spotter.start)
             worker = InferenceWorker(self.engine, min_interval_s=self.config.vad_batch_interval_ms / 1000)
             self._worker_task = asyncio.get_running_loop().create_task(worker.run(), name="vad-worker")
             self.worker = worker
