@@ -247,3 +247,17 @@ def test_the_default_spotter_decodes_in_worker_processes() -> None:
     assert pooled < threaded / 10, (pooled, threaded)
     with pytest.raises(RuntimeError, match="closed"):
         spotter(window(with_word))
+
+
+@needs_pocketsphinx
+def test_default_spotter_options_are_checked_at_once_and_reach_the_workers() -> None:
+    from wsstream.spotter import default_spotter
+
+    with pytest.raises(ValueError, match="not in PocketSphinx's English dictionary"):
+        default_spotter(["xqzzyv"])  # (here, not later in a worker)
+    spotter = default_spotter("computer", threshold=1e-24, processes=1)
+    built = spotter.factory()  # what each worker builds
+    assert built.stop_words == ("computer",) and built.thresholds == {"computer": 1e-24}
+    assert built.max_decoders == 1 and spotter.processes == 1
+    built.close()
+    spotter.close()

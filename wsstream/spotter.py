@@ -417,8 +417,15 @@ class ProcessPoolSpotter:
         self.close()
 
 
-def default_spotter(stop_words: Sequence[str]) -> ProcessPoolSpotter:
-    """What ReplyOnStopWords uses without a spotter of the user's: PocketSphinx in worker processes.
-    The words are checked here, at once (a word PocketSphinx cannot spot fails now, not in a worker)."""
-    PocketSphinxSpotter(stop_words, max_decoders=1).close()
-    return ProcessPoolSpotter(functools.partial(PocketSphinxSpotter, tuple(stop_words), max_decoders=1))
+def default_spotter(stop_words: Sequence[str], *, threshold: float | Mapping[str, float] | None = None,
+                    pronunciations: Mapping[str, str] | None = None,
+                    processes: int | None = None) -> ProcessPoolSpotter:
+    """What ReplyOnStopWords uses without a spotter of the user's: PocketSphinx in worker processes (its
+    options as :class:`PocketSphinxSpotter`'s). The words are checked here, at once: a word PocketSphinx
+    cannot spot fails now, not in a worker."""
+    options: dict[str, Any] = {"threshold": None if threshold is None else (
+        dict(threshold) if isinstance(threshold, Mapping) else threshold),
+        "pronunciations": None if pronunciations is None else dict(pronunciations), "max_decoders": 1}
+    words = (stop_words,) if isinstance(stop_words, str) else tuple(stop_words)
+    PocketSphinxSpotter(words, **options).close()
+    return ProcessPoolSpotter(functools.partial(PocketSphinxSpotter, words, **options), processes)
