@@ -64,11 +64,11 @@ def voices() -> list[str]:
     return sorted({f["voice"] for f in manifest()["files"]})
 
 
-async def ws_conversation(url: str, voice: str) -> list[dict[str, Any]]:
+async def ws_conversation(url: str, voice: str, entries: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Each turn's outcome: whether a stopword came, and the reply's length (s), or None."""
     outcomes = []
     async with Conversation(url + "/ws", AudioFormat("pcm16", 16000)) as conv:
-        for entry in script(voice):
+        for entry in script(voice) if entries is None else entries:
             n_pauses, n_replies = len(conv.logs("pause_detected")), len(conv.replies)
             n_words, n_ignored = len(conv.of("type", "stopword")), len(conv.logs("turn_ignored"))
             pcm = np.concatenate([load(entry["file"]), np.zeros(int(GAP_S * 16000), np.int16)])
@@ -156,3 +156,18 @@ async def test_a_phone_call_is_answered_only_after_the_word(stop_server: Any) ->
         await peer.send_silence_until(lambda p: p.now() >= quiet_until, within=5)
     assert len(peer.replies) == 1 and peer.replies[0].ended_by == "mark"
     assert stop_server.metrics.counters["stop_words_heard"] == 1
+
+
+async def test_cli_stop_word_flag() -> None:
+    """``wsstream serve --stop-word computer``: the embedded echo answers only the turn with the word."""
+    from conftest import ServerProcess
+
+    server = await asyncio.to_thread(ServerProcess, "--stop-word", "computer")
+    try:
+        turns = await ws_conversation(server.url, "en-us", script("en-us")[:2])
+    finally:
+        await asyncio.to_thread(server.close)
+    with_word, without = turns
+    assert with_word["has_stop_word"] and with_word["stopword"] == ["computer"] and with_word["reply_s"]
+    assert not without["has_stop_word"] and without["stopword"] == [] and without["reply_s"] is None
+    assert not [line for line in server.output if "ERROR" in line or "Traceback" in line], server.output
