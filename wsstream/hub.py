@@ -97,6 +97,7 @@ class Hub:
         self.app = app if isinstance(app, ReplyOnPause) else ReplyOnPause(fn=app)
         self.config = config or ServerConfig()
         self.metrics = Metrics()
+        self._access_policy: Any = None  # (wsstream.access.policy_for: one per hub, built on first use)
         self.engine = engine
         self.worker: InferenceWorker | None = None
         self.draining = False
