@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vad.detector import DetectorOptions
+from wsstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +225,16 @@ class ReplyPool:
     """At most ``size`` threads for sync reply code, shared by every stream of a hub, so that replies
     forced faster than a slow function returns (each interrupted call runs on: Python cannot stop it)
     cost waiting, not a thread each. A reply waits, first come first served, up to ``wait_s`` for a
-    thread, then fails with ``ReplyThreadsBusy``; a warning is logged when the pool runs full."""
+    thread, then fails with ``ReplyThreadsBusy``. A warning is logged (and ``reply_pool_saturations``
+    counted in ``metrics``) once each time the pool runs full: not again until a thread has gone idle."""
 
-    def __init__(self, size: int = DEFAULT_REPLY_THREADS, wait_s: float = REPLY_WAIT_S) -> None:
+    def __init__(self, size: int = DEFAULT_REPLY_THREADS, wait_s: float = REPLY_WAIT_S, *,
+                 metrics: Metrics | None = None) -> None:
         if size < 1:
             raise ValueError(f"a reply pool needs at least one thread, got {size}")
         self.size = size
         self.wait_s = wait_s
+        self._metrics = metrics
         self._lock = threading.Lock()  # lanes come back from their own threads
         self._idle: list[_Lane] = []
         self._started = 0
@@ -259,6 +263,8 @@ class ReplyPool:
         if waiter is None:
             return _Lane(self)
         if warn:
+            if self._metrics is not None:
+                self._metrics.inc("reply_pool_saturations")
             log.warning("all %d reply threads are busy (sync reply functions still running, interrupted ones "
                         "included): replies wait up to %g s for one; raise --reply-threads if this is load, "
                         "not a client forcing replies", self.size, self.wait_s)
