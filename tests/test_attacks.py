@@ -58,6 +58,18 @@ async def test_deeply_nested_json_is_an_error_not_a_dropped_connection(server: A
         assert json.loads(await ws.recv()) == {"event": "pong"}  # the stream goes on
 
 
+async def test_deeply_nested_json_on_the_fastrtc_path_is_an_error_and_the_stream_goes_on(server: Any,
+                                                                                        manifest: dict) -> None:
+    good = asyncio.create_task(good_turn(server.port, manifest))
+    async with connect(f"ws://127.0.0.1:{server.port}/websocket/offer") as ws:
+        await ws.send(json.dumps({"event": "start", "websocket_id": "nested"}))
+        await ws.send(NESTED)
+        assert json.loads(await ws.recv()) == {"type": "error", "data": "invalid JSON: nested too deeply"}
+        await ws.send(json.dumps({"event": "ping"}))
+        assert json.loads(await ws.recv()) == {"event": "pong"}
+    await good
+
+
 async def test_deeply_nested_json_on_a_call_is_not_fatal(server: Any) -> None:
     wire = encode(load_corpus("dialog_06.flac", 8000), "mulaw")
     async with TwilioPeer(f"ws://127.0.0.1:{server.port}/telephone/handler") as peer:
@@ -380,6 +392,7 @@ async def test_sync_replies_share_a_bounded_pool_of_threads(make_server: Any, ma
     assert triggered > 1.5 * limit  # (more replies than threads, so the bound is what held)
     assert most <= limit, f"{most} reply threads for a limit of {limit}"
     assert any("reply threads are busy" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert server.hub.metrics.counters["reply_pool_saturations"] >= 1  # (once per time it ran full)
 
 
 async def test_a_full_reply_pool_hands_threads_on_in_order_and_bounds_the_wait() -> None:

@@ -192,3 +192,21 @@ def test_audio_frames_keep_their_length() -> None:
     events = h.reply(1, (24000, tone(24000 * 3 + 5))) + h.play()
     sizes = [len(e.data) for e in of(events, AudioOut)]
     assert set(sizes[:-1]) == {640} and 0 < sizes[-1] <= 640
+
+
+def test_a_greeting_started_by_the_first_audio_times_out_from_then() -> None:
+    """(The first audio message starts the greeting: its first-chunk timeout counts from that message.)"""
+    from test_core import answer, greet
+
+    from wsstream.core import StartReply
+    from wsstream.reply import ReplyOnPause
+
+    h = Harness(ReplyOnPause(answer, startup_fn=greet), first_chunk_timeout_s=0.5)
+    h.now = 1000.0
+    assert h.core.offer_audio(np.zeros(320, np.int16).tobytes(), h.now)
+    assert of(h.take(), StartReply)[0].fn is greet
+    assert h.core.deadline == pytest.approx(1000.5)
+    h.core.poll(1000.4)
+    assert not of(h.take(), Error)
+    h.core.poll(1000.5)
+    assert of(h.take(), Error)[0].message.startswith("reply timed out: no audio within 0.5 s")

@@ -245,7 +245,7 @@ class StreamCore:
         if self.state is StreamState.CLOSED:
             return True
         if type(event) is AudioIn:
-            return self.offer_audio(event.data)
+            return self.offer_audio(event.data, now)
         if isinstance(event, Start):
             self._on_start(event, now)
         elif isinstance(event, SetInputs):
@@ -309,9 +309,10 @@ class StreamCore:
         else:
             self._args, self._kwargs = (data,), {}
 
-    def offer_audio(self, data: bytes) -> bool:
+    def offer_audio(self, data: bytes, now: float | None = None) -> bool:
         """``receive(AudioIn(data))`` without the event: the per-message hot path (a few attribute
-        reads, one decode, two copies)."""
+        reads, one decode, two copies). ``now`` matters only for the first audio, which may start a
+        greeting (its timeouts count from then)."""
         state = self.state
         if state is not StreamState.STREAMING and state is not StreamState.NEW and state is not StreamState.STARTED:
             return True  # stopping or closed: audio after stop is not heard
@@ -334,7 +335,7 @@ class StreamCore:
             self.metrics.inc("input_waits")
             return False
         if state is not StreamState.STREAMING:  # the first audio: the formats are fixed from now on
-            self._leave_new(StreamState.STREAMING, self._play_until)  # (no reply to interrupt yet)
+            self._leave_new(StreamState.STREAMING, self._play_until if now is None else now)
         self.history.append(pcm)
         vad.push(pcm)
         if self._echo is not None:

@@ -97,7 +97,7 @@ class StreamRunner:
     def offer_audio(self, data: bytes) -> bool:
         """The hot path: one binary audio message. False: no VAD room yet; nothing was consumed."""
         core = self.core
-        if not core.offer_audio(data):
+        if not core.offer_audio(data, self._loop.time()):
             self._vad_room.clear()
             return False
         vad = core.vad
