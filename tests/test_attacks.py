@@ -94,6 +94,33 @@ async def test_twilio_start_with_an_infinite_rate_falls_back_and_the_call_goes_o
     assert server.metrics.counters["twilio_bad_media_format"] == 1
 
 
+class InfiniteChannelsPeer(TwilioPeer):
+    """A Twilio peer whose start says ``"channels": Infinity`` (and its rate as ``1e999``, read as inf)."""
+
+    async def send(self, msg: dict[str, Any], seq: bool = True) -> None:
+        if msg.get("event") == "start":
+            msg["start"]["mediaFormat"]["channels"] = float("inf")
+            text = json.dumps(msg).replace('"sampleRate": 8000', '"sampleRate": 1e999')
+            assert "Infinity" in text and "1e999" in text
+            assert self.ws is not None
+            await self.ws.send(text)
+            return
+        await super().send(msg, seq)
+
+
+async def test_twilio_start_with_infinite_channels_falls_back_and_the_call_goes_on(server: Any,
+                                                                                  manifest: dict) -> None:
+    good = asyncio.create_task(good_turn(server.port, manifest))
+    wire = encode(load_corpus("dialog_06.flac", 8000), "mulaw")
+    async with InfiniteChannelsPeer(f"ws://127.0.0.1:{server.port}/telephone/handler") as peer:
+        await peer.send_audio(wire[:int(4.4 * 8000)], realtime=False)
+        await peer.send_silence_until(lambda p: len(p.marks_echoed) >= 1, within=15)
+        await peer.stop()
+        assert await peer.wait_closed() == 1000
+    assert server.metrics.counters["twilio_bad_media_format"] == 1
+    await good
+
+
 async def test_a_lone_surrogate_in_a_field_name_closes_1003_with_a_reason(server: Any) -> None:
     async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
         await ws.send('{"event": "start", "format": {"\\ud800": 1}}')
@@ -407,6 +434,7 @@ async def test_a_full_reply_pool_hands_threads_on_in_order_and_bounds_the_wait()
     with pytest.raises(ReplyThreadsBusy):
         await pool.acquire()
     assert 0.25 < time.monotonic() - t0 < 0.45 and not busy.done()
+    pool.wait_s = 10.0  # (what follows is about order, not time: no failure from a loaded machine's delays)
     gone = asyncio.create_task(pool.acquire())
     first = asyncio.create_task(pool.acquire())
     second = asyncio.create_task(pool.acquire())
