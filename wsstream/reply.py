@@ -7,6 +7,11 @@ or async generator (or a plain function / coroutine returning one chunk). Sync
 code never runs on the event loop: each reply takes one thread of a bounded pool
 (``ReplyPool``, ``ServerConfig.reply_threads``) for all its calls, and is closed
 in that same thread on barge-in, so its ``finally`` blocks run.
+
+What the server bounds (``wsstream.playout``, ``StreamConfig``): reply audio at 8000..48000 Hz,
+converted half a second at a time as it plays (a chunk of any length), at most ``max_reply_s`` of it
+per reply; optional timeouts for the first audio and the whole function. Each ends the reply with an
+error message to the client.
 """
 
 from __future__ import annotations
