@@ -56,12 +56,11 @@ def bounds(snr: int | None) -> tuple[float, float, float]:
 # it too ("plain" is early on it as well). At 10 dB more of such tails drown. Babble is other voices
 # as loud as the speaker's quiet words, some of which the model takes for speech.
 SHORT: dict[tuple[int, str, int | None], dict[str, float]] = {
-    (16000, "white", 20): {"low": 520}, (16000, "pink", 20): {"low": 500}, (16000, "hum", 20): {"low": 500},
-    (16000, "babble", 20): {"low": 500, "max": 740}, (16000, "white", 10): {"low": 470},
-    (16000, "babble", 10): {"max": 820},
-    (8000, "white", 20): {"low": 470}, (8000, "pink", 20): {"low": 500}, (8000, "hum", 20): {"low": 500},
-    (8000, "babble", 20): {"low": 500, "max": 750}, (8000, "white", 10): {"low": 440},
-    (8000, "pink", 10): {"low": 470}, (8000, "babble", 10): {"low": 470, "max": 850},
+    (16000, "white", 20): {"low": 560}, (16000, "pink", 20): {"low": 510}, (16000, "hum", 20): {"low": 525},
+    (16000, "babble", 20): {"low": 585, "max": 725},
+    (8000, "white", 20): {"low": 560}, (8000, "pink", 20): {"low": 555}, (8000, "hum", 20): {"low": 560},
+    (8000, "babble", 20): {"low": 515, "max": 730}, (8000, "white", 10): {"low": 450},
+    (8000, "pink", 10): {"low": 480}, (8000, "babble", 10): {"low": 480},
 }
 
 

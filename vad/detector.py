@@ -148,6 +148,10 @@ _EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), howeve
 _LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
 _LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
 _TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
+_QUIET_MS = 250.0  # a quiet syllable continues the turn up to this long after the speaker's last loud window ...
+_QUIET_GAP_MS = 64.0  # ... if no longer than this after the turn's last window (a stop's closure, not a pause)
+_RESUME_GAP_MS = 96.0  # after this long without the speaker, a window within ...
+_RESUME_MARGIN_DB = 3.0  # ... this of the gate resumes the turn only if the window before it was one too
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
     """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts].
@@ -241,6 +245,9 @@ class PauseDetector:
         self._tail = int(round(options.tail_ms * ms))
         self._lookback = int(round(options.lookback_ms * ms))
         self._onset_gap = int(round(options.onset_gap_ms * ms))
+        self._quiet = int(round(_QUIET_MS * ms))
+        self._quiet_gap = int(round(_QUIET_GAP_MS * ms))
+        self._resume_gap = int(round(_RESUME_GAP_MS * ms))
         self.position = 0  # samples consumed so far
         self.noise_floor_db = -60.0  # (backdate=False) the floor the level tail is measured against
         self.background = _Background()
@@ -268,6 +275,8 @@ class PauseDetector:
         self._tentative_sent = False
         self._end_final = False  # the back-dated end has seen all the signal it depends on
         self._local.clear()
+        self._loud_end = 0  # end of the speaker's last window over the voice gate
+        self._weak_end = -1  # end of the last window that, after a gap, was only just over it
 
     def push(self, probs: np.ndarray, levels: np.ndarray | None = None) -> list[DetectorEvent]:
         """Consume one probability per window, in order; return the events they caused.
@@ -353,8 +362,17 @@ class PauseDetector:
             loudest = max(row)
             gate = self._voice_gate()
             speaker = p >= thr and loudest >= gate
+            if speaker and self.state is State.TALKING and start - self._vad_speech_end >= self._resume_gap:
+                if loudest < gate + _RESUME_MARGIN_DB:  # a babble burst just over the gate is one window long
+                    speaker = self._weak_end == start
+                    self._weak_end = end
             if speaker:
                 self._track_speaker(row)
+                self._loud_end = end
+            elif (self.state is State.TALKING and self._run_open and p >= thr and background.count
+                  and loudest >= background.voice_gate() and end - self._loud_end <= self._quiet
+                  and start - self._vad_speech_end <= self._quiet_gap):
+                speaker = True  # a word's quiet last syllable: out of the room, the model sure, the turn unbroken
             if self.state is State.IDLE:
                 if speaker:
                     self._begin_onset(start, end, events)
