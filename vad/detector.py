@@ -148,6 +148,9 @@ _EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), howeve
 _LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
 _LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
 _TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
+_SNR_A = 16.0
+_SNR_B = 26.0
+_LB_MIN = 0.65
 _QUIET_MS = 250.0  # a quiet syllable continues the turn up to this long after the speaker's last loud window ...
 _QUIET_GAP_MS = 64.0  # ... if no longer than this after the turn's last window (a stop's closure, not a pause)
 _RESUME_GAP_MS = 96.0  # after this long without the speaker, a window within ...
@@ -395,7 +398,7 @@ class PauseDetector:
                             self._end_final = False
                 # (the end is searched for only once the earliest it can be is far enough back to matter)
                 need = self._pause if self._tentative_sent else min(self._tentative, self._pause)
-                if self.in_silence and end - (self._model_end - self._lookback) >= need:
+                if self.in_silence and end - (self._model_end - self._trust_lookback()) >= need:
                     if len(self._local) >= self._min_local:
                         self.speech_end = self._backdated_end(end, self._local_bar())
                     elif not self._end_final:
@@ -490,7 +493,15 @@ class PauseDetector:
                     break
         if best > 0.0:
             best_end += self._sub
-        return max(best_end, self._model_end - self._lookback)
+        return max(best_end, self._model_end - self._trust_lookback())
+
+    def _trust_lookback(self) -> int:
+        """How far before the model's last speech window the end may be put"""
+        b, speaker = self.background, self.speaker_db
+        if speaker is None or not b.count:
+            return self._lookback
+        t = min(max((speaker - b.level - _SNR_A) / (_SNR_B - _SNR_A), 0.0), 1.0)
+        return int(round(self._lookback * (_LB_MIN + (1.0 - _LB_MIN) * t)))
 
     # ---- shared steps -------------------------------------------------------------------------
 
