@@ -29,6 +29,13 @@ the pause is counted from where the signal says the speech ended (back-dating,
   percentile of the speaker's sub-windows). Only the speaker's windows start,
   continue or resume a turn; any other window is silence, even if the model
   still says speech (its trailing probability, or babble that fools it).
+  Two exceptions, both for noise. A word's quiet last syllable (under the
+  midpoint, over the room's three spreads, the model sure without a break)
+  continues the turn if it follows within a stop's closure (64 ms) and within
+  250 ms of the speaker's last loud window. And after 96 ms without the
+  speaker, a window less than 3 dB over the gate resumes the turn only if the
+  window before it did too: a babble burst is that short, a speaker resuming
+  is not.
 * The end of speech is a change point on the sub-window powers from
   ``lookback_ms`` before the speaker's last window to ``tail_ms`` after it: the
   argmax of their cumulative excess over a bar (the room as heard after the
@@ -38,12 +45,17 @@ the pause is counted from where the signal says the speech ended (back-dating,
 * It is never taken earlier than ``lookback_ms`` before the model's last speech
   window, as long as that window follows the speaker's without a break and
   within ``tail_ms``: the model may hear a tail the level cannot see under
-  noise, but it cannot hold a pause off for ever (babble).
+  noise, but it cannot hold a pause off for ever (babble). The louder the room
+  against the speaker, the more of a tail can hide under it, so the more the
+  model is trusted: from 26 dB between the speaker's loud level and the room
+  down to 16 dB, that distance shrinks to 65 % of ``lookback_ms``.
 
 So a quiet gap inside a turn that the model holds at speech counts as silence
 from at most ``tail_ms - lookback_ms`` after the speaker's last window; a gap
 shorter than ``pause_ms`` minus that is never a pause. A word's tail under the
-noise cannot be seen: at low SNR the end may be found early by that tail.
+noise cannot be seen by the level, and the model does not always hear it
+either: at low SNR the end may be found early by that tail (issue 11 has the
+figures: ``benchmarks/pause_latency.py``).
 ``backdate=False`` (or no levels) keeps the older rule: silence from the last
 window at or above threshold, pushed later by a sub-window ``tail_margin_db``
 over a tracked noise floor within ``tail_ms``.
@@ -148,9 +160,9 @@ _EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), howeve
 _LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
 _LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
 _TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
-_SNR_A = 16.0
-_SNR_B = 26.0
-_LB_MIN = 0.65
+_SNR_A = 16.0  # the speaker's loud level this far over the room or less: the model's end is trusted most ...
+_SNR_B = 26.0  # ... this far or more: as in a quiet room (linear between)
+_LB_MIN = 0.65  # most trusted: the end at most this fraction of lookback_ms before the model's last window
 _QUIET_MS = 250.0  # a quiet syllable continues the turn up to this long after the speaker's last loud window ...
 _QUIET_GAP_MS = 64.0  # ... if no longer than this after the turn's last window (a stop's closure, not a pause)
 _RESUME_GAP_MS = 96.0  # after this long without the speaker, a window within ...
@@ -496,7 +508,8 @@ class PauseDetector:
         return max(best_end, self._model_end - self._trust_lookback())
 
     def _trust_lookback(self) -> int:
-        """How far before the model's last speech window the end may be put"""
+        """How far (samples) before the model's last speech window the end may be put: ``lookback_ms`` in a
+        quiet room, less as the room nears the speaker's level (a tail can hide under it, the model hears it)."""
         b, speaker = self.background, self.speaker_db
         if speaker is None or not b.count:
             return self._lookback
