@@ -333,7 +333,7 @@ def test_quiet_sound_after_a_real_gap_is_not_the_turns_tail() -> None:
 
 
 def test_a_lone_burst_after_a_gap_does_not_resume_the_turn() -> None:
-    # Babble: 300 ms after the speaker stopped, one window of another voice just over the voice gate,
+    # Babble: 320 ms after the speaker stopped, one window of another voice just over the voice gate,
     # which the model calls speech. It neither cancels the tentative pause nor moves the end.
     rng = np.random.default_rng(3)
     lead, talk, gap = 40, 30, 10

@@ -32,7 +32,7 @@ the pause is counted from where the signal says the speech ended (back-dating,
   Two exceptions, both for noise. A word's quiet last syllable (under the
   midpoint, over the room's three spreads, the model sure without a break)
   continues the turn if it follows within a stop's closure (64 ms) and within
-  250 ms of the speaker's last loud window. And after 96 ms without the
+  250 ms of the speaker's last loud window. And after 160 ms without the
   speaker, a window less than 3 dB over the gate resumes the turn only if the
   window before it did too: a babble burst is that short, a speaker resuming
   is not.
@@ -165,7 +165,7 @@ _SNR_B = 26.0  # ... this far or more: as in a quiet room (linear between)
 _LB_MIN = 0.65  # most trusted: the end at most this fraction of lookback_ms before the model's last window
 _QUIET_MS = 250.0  # a quiet syllable continues the turn up to this long after the speaker's last loud window ...
 _QUIET_GAP_MS = 64.0  # ... if no longer than this after the turn's last window (a stop's closure, not a pause)
-_RESUME_GAP_MS = 96.0  # after this long without the speaker, a window within ...
+_RESUME_GAP_MS = 160.0  # after this long without the speaker, a window within ...
 _RESUME_MARGIN_DB = 3.0  # ... this of the gate resumes the turn only if the window before it was one too
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
