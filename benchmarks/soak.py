@@ -157,6 +157,23 @@ async def upgrade(transport: asyncio.Transport, proto: Bare, host: str, port: in
     return ok
 
 
+def server_close(buf: bytes | bytearray) -> int | None:
+    """The code of the server's close frame among the (unmasked) frames in ``buf``, if one came."""
+    pos = 0
+    while len(buf) - pos >= 2:
+        op, n, head = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+        if len(buf) - pos < head + n:
+            return None
+        if op == 8:
+            return int.from_bytes(buf[pos + head:pos + head + 2], "big") if n >= 2 else 1005
+        pos += head + n
+    return None
+
+
 def start_frame(client_id: str) -> bytes:
     return _client_frame(1, json.dumps({"event": "start", "id": client_id,
                                         "format": {"encoding": "pcm16", "sample_rate": 16000}}).encode())
@@ -261,16 +278,22 @@ class Misbehaving:
                 7: _client_frame(1, b'{"event":"nonsense","\\ud800":[NaN,Infinity]}') + _client_frame(2, b"\x01"),
                 8: start_frame(life["id"]) + b"".join(_client_frame(rng.randrange(16), rng.randbytes(20))
                                                       for _ in range(20)),  # random opcodes, some fragments
-                9: _client_frame(1, b'{"event":"start","streamSid":"MZ","start":{"mediaFormat":'
-                                 b'{"sampleRate":Infinity}}}') + _client_frame(1, b"{" * 5000),  # Twilio
+                9: _client_frame(1, b'{"event":"start","streamSid":"%s","start":{"mediaFormat":'  # Twilio
+                                 b'{"sampleRate":Infinity}}}' % life["id"].encode()) + _client_frame(1, b"{" * 5000),
                 10: _client_frame(2, rng.randbytes(640)) + _client_frame(1, b'{"event":"media","media":7}'),
             }
             transport.write(payloads[variant])
-        try:
-            await asyncio.wait_for(asyncio.shield(proto.lost), 2.0)
-            life["outcome"] = "closed by the server"
-        except TimeoutError:
-            life["outcome"] = "left open"
+        for _ in range(200):  # 2 s for the server to answer
+            if proto.lost.done() or server_close(proto.buf) is not None:
+                break
+            await asyncio.sleep(0.01)
+        code = server_close(proto.buf)
+        if code is not None:
+            life["outcome"] = f"closed {code}"
+            transport.write(close_frame(code if code != 1005 else 1000))  # the closing handshake, as a client would
+            await asyncio.sleep(0.05)
+        else:
+            life["outcome"] = "TCP closed" if proto.lost.done() else "left open"
         transport.abort()
 
     async def abrupt(self, life: dict[str, Any]) -> None:
@@ -538,6 +561,8 @@ def report(args: argparse.Namespace, samples: list[dict[str, float]], gen: dict[
     for b in gen["bad"]:
         for life in b["lives"]:
             outcome = life.get("outcome", life.get("error", "?"))
+            if "variant" in life:
+                outcome = f"{life['variant']}: {outcome}"
             lives.setdefault(b["kind"], {}).setdefault(outcome, 0)
             lives[b["kind"]][outcome] += 1
     slow = [life["s"] for b in gen["bad"] if b["kind"] == "slow_reader" for life in b["lives"]
