@@ -20,8 +20,11 @@ Every 10 s the server's RSS and open file descriptors are sampled. At the end it
 end and slope (MB and fds per minute, a least-squares fit after the first 20 s), the turns lost on
 the good streams (a turn the detector alone finds offline in the same audio, with no pause_detected
 within 3 s of it: must be 0), good streams the server closed (must be 0), and the ERROR lines of the
-server log, split into those of the misbehaving clients and the rest (must be 0). Writes
-benchmarks/results/soak.json and keeps the server log in benchmarks/results/soak_server.log.
+server log, split into those of the misbehaving clients and the rest (must be 0). Then it keeps
+sampling for ``--linger`` seconds after every client has gone: what the server still holds then
+(fds, open streams) is what it would keep. ``--kinds flood_tiny`` (or any list of kinds) runs one
+kind alone, to tell which one does the harm. Writes benchmarks/results/soak.json and keeps the
+server log in benchmarks/results/soak_server.log.
 """
 
 from __future__ import annotations
@@ -230,14 +233,22 @@ class Misbehaving:
         life["outcome"] = "dropped by the server" if dropped else "not dropped"
         transport.abort()
 
-    async def flood(self, life: dict[str, Any]) -> None:
+    async def flood_tiny(self, life: dict[str, Any]) -> None:
+        await self.flood(life, tiny=True)
+
+    async def flood_speech(self, life: dict[str, Any]) -> None:
+        await self.flood(life, tiny=False)
+
+    async def flood(self, life: dict[str, Any], tiny: bool | None = None) -> None:
+        """Lives alternate 2-byte frames and whole speech frames (``tiny`` chooses one)."""
         transport, proto = await open_bare(self.host, self.port)
         if not await upgrade(transport, proto, self.host, self.port):
             life["outcome"] = "refused"
             transport.abort()
             return
         transport.write(start_frame(life["id"]))
-        tiny = len(self.lives) % 2 == 0
+        if tiny is None:
+            tiny = len(self.lives) % 2 == 0
         batch = TINY_FRAMES if tiny else self.speech_batch
         t0, sent = time.monotonic(), 0
         while time.monotonic() - t0 < 15.0 and not proto.lost.done():
@@ -313,7 +324,7 @@ class Misbehaving:
 
 
 async def generate(host: str, port: int, n_good: int, n_bad: int, duration: float, stagger: float,
-                   files: list[str]) -> dict[str, Any]:
+                   files: list[str], kinds: list[str]) -> dict[str, Any]:
     pcm = corpus_pcm(files)
     frames = {name: [_client_frame(2, a[i:i + FRAME].tobytes()) for i in range(0, a.size, FRAME)]
               for name, a in pcm.items()}
@@ -333,7 +344,7 @@ async def generate(host: str, port: int, n_good: int, n_bad: int, duration: floa
 
     t_begin = time.monotonic()
     end = t_begin + stagger + duration
-    bad = [Misbehaving(KINDS[i % len(KINDS)], i, host, port, frames[files[i % len(files)]], end)
+    bad = [Misbehaving(kinds[i % len(kinds)], i, host, port, frames[files[i % len(files)]], end)
            for i in range(n_bad)]
     bad_tasks = [asyncio.create_task(b.run()) for b in bad]
 
@@ -377,7 +388,7 @@ async def generate(host: str, port: int, n_good: int, n_bad: int, duration: floa
 
 def generator_main(args: argparse.Namespace) -> None:
     result = asyncio.run(generate("127.0.0.1", args.port, args.good, args.bad, args.duration, args.stagger,
-                                  args.files.split(",")))
+                                  args.files.split(","), args.kinds.split(",")))
     Path(args.out).write_text(json.dumps(result))
 
 
@@ -399,6 +410,7 @@ def lost_turns(good: list[dict[str, Any]], truth: dict[str, list[float]]) -> dic
     """Match each offline pause of each good stream with an online pause_detected near it (in order)."""
     expected = matched = extra = answered = 0
     lost: list[tuple[str, float]] = []
+    late: list[float] = []  # ms from the offline pause to the online one, for the matched turns
     for c in good:
         if c["t0"] is None:
             continue
@@ -414,12 +426,15 @@ def lost_turns(good: list[dict[str, Any]], truth: dict[str, list[float]]) -> dic
                 used += 1
                 extra += 1
             if used < len(online) and online[used] <= want + MATCH_AFTER_S:
+                late.append((online[used] - want) * 1000)
                 matched += 1
                 used += 1
             else:
                 lost.append((c["id"], round(p, 2)))
         answered += len(c["reply_lat"])
     return {"expected": expected, "matched": matched, "lost": len(lost), "lost_examples": lost[:10],
+            "online_pauses": sum(len(c["pauses"]) for c in good),
+            "pause_after_offline_ms_p50": _pct(late, 50), "pause_after_offline_ms_p99": _pct(late, 99),
             "unmatched_online": extra, "replies_heard": answered,
             "reply_ms_p50": _pct([x * 1000 for c in good for x in c["reply_lat"]], 50),
             "reply_ms_p99": _pct([x * 1000 for c in good for x in c["reply_lat"]], 99)}
@@ -455,6 +470,15 @@ def metrics_text(port: int) -> str:
         return f"# metrics unavailable: {exc}"
 
 
+def open_streams(port: int) -> float:
+    """Streams the server still counts as open (its active sessions gauge), or -1 when it says none."""
+    for line in metrics_text(port).splitlines():
+        match = re.match(r"^wsstream_(?:active_sessions|sessions_active|streams_open)\S* ([\d.e+]+)$", line)
+        if match:
+            return float(match.group(1))
+    return -1.0
+
+
 def counters(text: str) -> dict[str, float]:
     """The counters worth quoting from the server's /metrics (summed over their labels)."""
     want = ("sessions", "protocol_errors", "write_stall_closes", "outbox_overflows", "sessions_rejected",
@@ -474,6 +498,9 @@ def main() -> None:
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--driver", choices=("native", "asgi"), default="native")
     ap.add_argument("--stagger", type=float, default=5.0)
+    ap.add_argument("--linger", type=float, default=30.0, help="seconds to keep sampling after every client left")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="the misbehaving kinds the slots cycle through "
+                    "(also flood_tiny, flood_speech: one of the two floods only)")
     ap.add_argument("--server-core", default="", help="pin the server to this core (taskset), e.g. 0")
     ap.add_argument("--client-core", default="", help="pin the generator to this core, e.g. 1")
     ap.add_argument("--server-args", default="", help="extra flags for wsstream serve")
@@ -522,7 +549,7 @@ def main() -> None:
         gen = subprocess.Popen([*taskset(args.client_core), sys.executable, __file__, "--generator",
                                 "--port", str(port), "--good", str(n_good), "--bad", str(n_bad),
                                 "--duration", str(args.duration), "--stagger", str(args.stagger),
-                                "--files", ",".join(files), "--out", str(gen_out)], cwd=ROOT)
+                                "--files", ",".join(files), "--kinds", args.kinds, "--out", str(gen_out)], cwd=ROOT)
         samples: list[dict[str, float]] = []
         t0 = time.monotonic()
         while gen.poll() is None:
@@ -535,10 +562,16 @@ def main() -> None:
                 time.sleep(0.2)
         if gen.returncode != 0:
             raise SystemExit(f"the generator failed ({gen.returncode})")
-        time.sleep(2.0)  # the last connections close
-        samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": round(proc_rss_mb(server.pid), 1),
-                        "fds": open_fds(server.pid)})
         final_metrics = counters(metrics_text(port))
+        # every client has gone: what the server still holds after --linger seconds is kept for good
+        linger_end = time.monotonic() + max(args.linger, 2.0)
+        while time.monotonic() < linger_end:
+            time.sleep(min(SAMPLE_S, max(linger_end - time.monotonic(), 0.0)))
+            samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": round(proc_rss_mb(server.pid), 1),
+                            "fds": open_fds(server.pid), "after_clients": True})
+            print(f"  t={samples[-1]['t']:6.0f} s  RSS {samples[-1]['rss_mb']:7.1f} MB  fds {samples[-1]['fds']}"
+                  "  (clients gone)", flush=True)
+        final_metrics["open_streams_after_linger"] = open_streams(port)
     finally:
         server.terminate()
         try:
@@ -554,6 +587,8 @@ def report(args: argparse.Namespace, samples: list[dict[str, float]], gen: dict[
            truth: dict[str, list[float]], errors: dict[str, Any], final_metrics: dict[str, float],
            results: Path) -> None:
     settle = args.stagger + 15.0  # (after the streams are all up)
+    linger = [s for s in samples if s.get("after_clients")]
+    samples = [s for s in samples if not s.get("after_clients")]
     steady = [s for s in samples if s["t"] >= settle] or samples
     turns = lost_turns(gen["good"], truth)
     closed_good = [c["id"] for c in gen["good"] if c.get("lost_at") is not None]
@@ -578,7 +613,9 @@ def report(args: argparse.Namespace, samples: list[dict[str, float]], gen: dict[
         "turns": turns, "good_streams_closed": len(closed_good), "good_streams_closed_ids": closed_good[:10],
         "misbehaving_lives": lives, "slow_reader_dropped_after_s_median": _pct(slow, 50),
         "server_errors": errors, "server_counters": final_metrics,
-        "generator_tick_late_ms_p99": round(gen["tick_late_ms_p99"], 1), "samples": samples,
+        "after_clients_left": {"seconds": args.linger, "rss_mb": linger[-1]["rss_mb"] if linger else None,
+                               "fds": linger[-1]["fds"] if linger else None},
+        "generator_tick_late_ms_p99": round(gen["tick_late_ms_p99"], 1), "samples": samples + linger,
     }
     (results / "soak.json").write_text(json.dumps(summary, indent=1))
     r, f = summary["rss_mb"], summary["fds"]
@@ -587,8 +624,13 @@ def report(args: argparse.Namespace, samples: list[dict[str, float]], gen: dict[
     print(f"RSS: start {r['start']} MB (t={steady[0]['t']:.0f} s), end {r['end']} MB, peak {r['peak']} MB, "
           f"slope {r['slope_mb_per_min']} MB/min")
     print(f"open fds: start {f['start']}, end {f['end']}, peak {f['peak']}, slope {f['slope_per_min']} per min")
+    gone = summary["after_clients_left"]
+    print(f"{args.linger:.0f} s after every client left: RSS {gone['rss_mb']} MB, fds {gone['fds']}, streams still "
+          f"open {final_metrics.get('open_streams_after_linger')}")
     print(f"good streams: turns expected {turns['expected']}, matched {turns['matched']}, LOST {turns['lost']} "
-          f"{turns['lost_examples'] or ''}; replies heard {turns['replies_heard']} (first audio p50 "
+          f"{turns['lost_examples'] or ''}; pause_detected {turns['online_pauses']} in all, matched ones "
+          f"{turns['pause_after_offline_ms_p50']} / {turns['pause_after_offline_ms_p99']} ms (p50 / p99) after the "
+          f"detector alone; replies heard {turns['replies_heard']} (first audio p50 "
           f"{turns['reply_ms_p50']} / p99 {turns['reply_ms_p99']} ms); extra pauses {turns['unmatched_online']}; "
           f"closed by the server {len(closed_good)}")
     print(f"misbehaving lives: {json.dumps(lives)}; slow readers dropped after a median "
