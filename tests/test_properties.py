@@ -84,7 +84,7 @@ from wsstream.wsframes import Pong as PongFrame
 # deterministic (derandomize), no per-example deadline (a shared CI machine stalls now and then), modest counts
 PROFILE = settings(derandomize=True, deadline=None, max_examples=150, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FEW = settings(PROFILE, max_examples=70)  # per dialect: eight of each
+FEW = settings(PROFILE, max_examples=70)  # (the dialect tests run once per dialect: eight times)
 
 IN_EVENTS = (AudioIn, Start, SetInputs, Trigger, MarkPlayed, Ping, Stop, Dtmf, Notice)
 FRAME_EVENTS = (Message, PingFrame, PongFrame, CloseFrame, Violation)
