@@ -220,11 +220,21 @@ def encode(opcode: int, payload: bytes) -> bytes:
 
 def close_payload(code: int, reason: str = "") -> bytes:
     """A close frame's payload; the reason is cut to fit the 125-byte control frame limit."""
+    return struct.pack("!H", code) + _reason_bytes(reason)
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` as a close frame can carry it: at most 123 bytes of UTF-8, cut between characters,
+    lone surrogates (from a client's JSON) replaced. For drivers whose library sends the close frame
+    (a reason cut by characters can still be too long in bytes, and the library then fails the close)."""
+    return _reason_bytes(reason).decode()
+
+
+def _reason_bytes(reason: str) -> bytes:
     data = reason.encode("utf-8", "replace")[:123]  # (a lone surrogate from a client's JSON becomes "?")
     while True:  # do not cut inside a UTF-8 sequence
         try:
             data.decode()
-            break
+            return data
         except UnicodeDecodeError:
             data = data[:-1]
-    return struct.pack("!H", code) + data

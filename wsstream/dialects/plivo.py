@@ -228,7 +228,7 @@ def extra_headers(value: Any) -> tuple[dict[str, str], Notice | None]:
     if value is None or value == "":
         return {}, None
     if isinstance(value, dict):
-        return {str(k): v if isinstance(v, str) else dumps(v) for k, v in value.items()}, None
+        return {str(k): v if isinstance(v, str) else _header_text(v) for k, v in value.items()}, None
     if not isinstance(value, str):
         return {}, Notice(f"ignored extra_headers of type {type(value).__name__}", "plivo_bad_extra_headers")
     text = value.strip()
@@ -248,3 +248,12 @@ def extra_headers(value: Any) -> tuple[dict[str, str], Notice | None]:
         if found and key:
             params[key] = val.strip().strip("'\"")
     return params, None
+
+
+def _header_text(value: Any) -> str:
+    """A header value that is not a string, as text: its JSON, where JSON can spell it (a client's
+    ``NaN`` or ``Infinity`` cannot be, nor nesting past the encoder's limit), else its repr, cut short."""
+    try:
+        return dumps(value)
+    except (ValueError, RecursionError):
+        return repr(value)[:200]
