@@ -32,6 +32,7 @@ from wsstream.reply import ReplyOnPause
 
 BOTH_DRIVERS = True
 TOKEN = "metrics-test-token"
+DIALECT_PREFIXES = ("twilio", "exotel", "plivo", "telnyx", "vonage", "telephony")
 HISTOGRAMS = ("reply_latency_seconds", "turn_seconds", "vad_queue_delay_seconds", "vad_batch_streams",
               "vad_call_seconds")
 
@@ -72,6 +73,14 @@ def test_every_counted_name_has_help_in_the_catalogue() -> None:
     assert not missing, f"add these to wsstream.metrics.CATALOGUE with a help text: {missing}"
     assert all(spec.help and spec.kind in ("counter", "gauge", "histogram") for spec in CATALOGUE.values())
     assert all(spec.buckets for spec in CATALOGUE.values() if spec.kind == "histogram")
+
+
+def test_the_readme_lists_every_series() -> None:
+    readme = (ROOT / "README.md").read_text()
+    notices = {name for name in CATALOGUE if name.split("_")[0] in DIALECT_PREFIXES}
+    unlisted = [name for name in CATALOGUE if name not in notices and not name.startswith("events_")
+                and f"wsstream_{name}" not in readme]
+    assert not unlisted, f"README, Metrics and logs: add {unlisted}"
 
 
 def families(text: str) -> dict[str, Any]:
