@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import prometheus_client
 import pytest
 from conftest import ROOT, ServerProcess, load_corpus
 from prometheus_client.parser import text_string_to_metric_families
@@ -119,6 +120,10 @@ def test_unknown_names_render_with_a_generic_help_and_instances_are_apart() -> N
     assert "wsstream_brand_new_counter" not in other_fams
     assert value(other_fams, "wsstream_reply_latency_seconds_count") == 0
     assert metrics.render() == metrics.render()  # (no timestamps: a HEAD's length is its GET's)
+    # a host app's own metric, in the server's registry, shows in the same exposition
+    mine = prometheus_client.Counter("myapp_orders", "Orders the agent took.", registry=metrics.registry)
+    mine.inc(2)
+    assert value(families(metrics.render()), "myapp_orders_total") == 2
 
 
 def test_histogram_buckets_are_cumulative_and_bulk_equals_one_by_one() -> None:
