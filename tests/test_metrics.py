@@ -114,7 +114,12 @@ def test_unknown_names_render_with_a_generic_help_and_instances_are_apart() -> N
                                                                                  name="brand_new_counter")
     assert value(fams, "wsstream_brand_new_seconds_count") == 1 and value(fams, "wsstream_brand_new_gauge") == 7
     assert value(fams, "wsstream_protocol_errors_total", dialect="ws", kind="json") == 1
+    assert [s.labels for s in fams["wsstream_protocol_errors"].samples] == [{"dialect": "ws", "kind": "json"}]
+    assert metrics.counters["protocol_errors"] == metrics.count("protocol_errors", kind="json") == 1  # (the total)
     assert value(fams, "wsstream_turns_total") == 0  # (known counters show from the start)
+    metrics.inc("protocol_errors")  # (a plain inc on a labelled name, as older code does, is not lost)
+    assert value(families(metrics.render()), "wsstream_protocol_errors_total", dialect="unlabelled",
+                 kind="unlabelled") == 1
     # each Metrics has its own registry: nothing of one shows in the other
     other_fams = families(other.render())
     assert "wsstream_brand_new_counter" not in other_fams

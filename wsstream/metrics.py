@@ -271,13 +271,15 @@ class Metrics:
             raise ValueError(f"metric {name} takes {len(entry.labels)} label value(s), got {values}")
         counts = entry.counts
         counts[values] = counts.get(values, 0) + by
+        self.counters[name] += by  # (the total over its labels, for code that reads ``counters[name]``)
 
     # ---- reading -------------------------------------------------------------------------------
 
     def count(self, name: str, **labels: str) -> int:
-        """A counter's value; for a labelled one, the sum over the series that match ``labels``."""
+        """A counter's value; for a labelled one, the sum over the series that match ``labels``
+        (``counters[name]`` holds its total too; /metrics shows only the labelled series)."""
         entry = self.labelled.get(name)
-        if entry is None:
+        if entry is None or not labels:
             return self.counters.get(name, 0)
         wanted = [(entry.labels.index(k), v) for k, v in labels.items()]
         return sum(n for key, n in entry.counts.items() if all(key[i] == v for i, v in wanted))
@@ -310,13 +312,16 @@ class Metrics:
             gauges.update(more_gauges)
         families: list[tuple[str, Metric]] = []
         for name, value in counters.items():
-            if name not in self.labelled:
+            if name not in self.labelled:  # (a labelled counter's total: its series say it all)
                 family = CounterMetricFamily(_exposed(name), _help(name, "counter"), value=value)
                 families.append((name, family))
         for name, entry in self.labelled.items():
             family = CounterMetricFamily(_exposed(name), _help(name, "counter"), labels=entry.labels)
             for key, n in sorted(entry.counts.items()):
                 family.add_metric(list(key), n)
+            unlabelled = counters.get(name, 0) - sum(entry.counts.values())  # plain ``inc`` calls on it
+            if unlabelled > 0:
+                family.add_metric(["unlabelled"] * len(entry.labels), unlabelled)
             families.append((name, family))
         for name, value in gauges.items():
             families.append((name, GaugeMetricFamily(_exposed(name), _help(name, "gauge"), value=value)))
