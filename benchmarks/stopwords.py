@@ -47,7 +47,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from wsstream.spotter import Heard, PocketSphinxSpotter, SpotResult, resolve
+from wsstream.spotter import Heard, PocketSphinxSpotter, SpotResult, default_spotter, resolve
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "stopwords"
 STOP_WORDS = ["computer"]
@@ -168,7 +168,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def gil_stall_ms(spotter: PocketSphinxSpotter, audio: np.ndarray, calls: int = 10) -> float:
+def gil_stall_ms(spotter: Callable[[tuple[int, np.ndarray]], SpotResult], audio: np.ndarray, calls: int = 10) -> float:
     """Longest gap a Python thread ticking every 1 ms sees while the spotter runs in another thread."""
     gaps: list[float] = []
     done = threading.Event()
@@ -361,6 +361,16 @@ def main() -> None:
     stall = gil_stall_ms(default, win)
     print(f"  longest stall of another Python thread during a {args.window} s call: {stall:.0f} ms "
           "(PocketSphinx holds the GIL while it decodes)")
+    with default_spotter(["computer"]) as pooled:  # what ReplyOnStopWords uses: decoding in worker processes
+        pooled.start()
+        pooled((16000, win))  # (the workers are up)
+        c0, t0 = time.process_time(), time.perf_counter()
+        pooled_stall = gil_stall_ms(pooled, win, calls=20)
+        wall = (time.perf_counter() - t0) / 20
+        here = (time.process_time() - c0) / 20
+    print(f"  the server's default (ProcessPoolSpotter, {pooled.processes} worker processes): longest stall "
+          f"{pooled_stall:.0f} ms ({stall / max(pooled_stall, 1e-3):.0f}x less); per window {wall * 1000:.0f} ms "
+          f"wall, {here * 1000:.1f} ms CPU in the server's process")
     first, each, full = decoder_memory()
     print(f"  memory: first spotter {first:.0f} MB (acoustic model pages + dictionary cache), each further decoder "
           f"{each:.1f} MB; a decoder with the whole CMUdict would take {full:.0f} MB each")

@@ -86,9 +86,15 @@ def driver(request: pytest.FixtureRequest) -> str:
 DRIVERS = ["native", "asgi"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "native_only: in a BOTH_DRIVERS module, run on the native driver only")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if getattr(metafunc.module, "BOTH_DRIVERS", False) and "driver" in metafunc.fixturenames:
-        metafunc.parametrize("driver", DRIVERS, indirect=True, scope="module")
+        # @pytest.mark.native_only: a heavy test whose driver-specific paths others in the module cover
+        drivers = ["native"] if metafunc.definition.get_closest_marker("native_only") else DRIVERS
+        metafunc.parametrize("driver", drivers, indirect=True, scope="module")
 
 
 class AsgiServer:

@@ -34,7 +34,9 @@ WORDS_PER_S = 175 / 60  # espeak-ng's default speed, which the agent keeps
 @pytest.fixture(scope="module")
 def agent() -> Iterator[ServerProcess]:
     require_program("espeak-ng")
-    server = ServerProcess("--handler", "examples.speaking_agent:app")
+    # asyncio's loop: uvloop (the speed extra, --loop auto) reads a subprocess's pipe ahead of the
+    # StreamReader's limit, so espeak-ng is not held back by the pipe there (seen: it exits 1 s in).
+    server = ServerProcess("--handler", "examples.speaking_agent:app", "--loop", "asyncio")
     try:
         yield server
         assert espeak_children(server.proc.pid) == [], "espeak-ng outlived its replies"

@@ -204,3 +204,60 @@ def test_silence_short_and_bad_input(spotter: PocketSphinxSpotter) -> None:
         spotter((16000, np.zeros((2, 1000), np.float32)))
     with pytest.raises(ValueError):
         spotter((4000, np.zeros(1000, np.float32)))
+
+
+@needs_pocketsphinx
+def test_the_default_spotter_decodes_in_worker_processes() -> None:
+    """PocketSphinx holds the GIL while it decodes (70-200 ms per 2.5 s window): from a thread it would
+    stall the event loop, and every stream with it. The default spotter decodes in worker processes, so
+    the server's process spends next to no CPU (hence no GIL) per spot. (CPU time, not wall-clock stalls:
+    on a saturated machine the scheduler's own gaps would drown the difference.)"""
+    import time
+
+    from wsstream.spotter import ProcessPoolSpotter, default_spotter
+
+    entries = json.loads((DATA / "manifest.json").read_text())["files"]
+    with_word = next(f for f in entries if f["has_stop_word"] and f["position"] == "start")
+    without = next(f for f in entries if f["position"] == "none" and f["text"] not in NEAR_MISSES)
+
+    def window(entry: dict) -> tuple[int, np.ndarray]:
+        audio, rate = sf.read(DATA / entry["file"], dtype="float32")
+        return rate, np.tile(audio, 2)[:int(2.5 * rate)]
+
+    def cpu_per_call(spotter: object, audio: tuple[int, np.ndarray], n: int) -> tuple[list[object], float]:
+        c0 = time.process_time()  # (all threads of this process)
+        with ThreadPoolExecutor(2) as threads:
+            results = list(threads.map(spotter, [audio] * n))
+        return results, (time.process_time() - c0) / n
+
+    spotter = default_spotter(["computer"])
+    assert isinstance(spotter, ProcessPoolSpotter)
+    try:
+        spotter.start()
+        (heard,), _ = cpu_per_call(spotter, window(with_word), 1)  # (the workers are up after this)
+        assert heard is not None and heard.word == "computer"
+        results, pooled = cpu_per_call(spotter, window(with_word), 8)
+        assert all(r == heard for r in results)
+        assert cpu_per_call(spotter, window(without), 2)[0] == [None, None]
+        with PocketSphinxSpotter(["computer"]) as in_thread:
+            assert cpu_per_call(in_thread, window(with_word), 1)[0] == [heard]  # the same answer
+            _, threaded = cpu_per_call(in_thread, window(with_word), 8)
+    finally:
+        spotter.close()
+    assert pooled < threaded / 10, (pooled, threaded)
+    with pytest.raises(RuntimeError, match="closed"):
+        spotter(window(with_word))
+
+
+@needs_pocketsphinx
+def test_default_spotter_options_are_checked_at_once_and_reach_the_workers() -> None:
+    from wsstream.spotter import default_spotter
+
+    with pytest.raises(ValueError, match="not in PocketSphinx's English dictionary"):
+        default_spotter(["xqzzyv"])  # (here, not later in a worker)
+    spotter = default_spotter("computer", threshold=1e-24, processes=1)
+    built = spotter.factory()  # what each worker builds
+    assert built.stop_words == ("computer",) and built.thresholds == {"computer": 1e-24}
+    assert built.max_decoders == 1 and spotter.processes == 1
+    built.close()
+    spotter.close()

@@ -157,12 +157,32 @@ def test_a_spot_in_flight_at_the_turn_end_then_the_rest_of_the_turn() -> None:
     h = Spotting(hear=None)
     events = h.run([SIL] * 5 + [SP] * 30 + [SIL] * PAUSE)  # one spot during the turn, still in flight at its end
     assert len(h.held) == 1 and replies(events) == []
+    assert "log:turn_ignored" not in trace(events)  # (undecided: the spot in flight decides it)
     first = h.held[0].audio[1].size
     h.answer_held(None)
     assert len(h.held) == 1  # not heard: what that spot did not hear is spotted now (with some overlap)
     assert h.held[0].audio[1].size > 30 * WIN - first
     out = h.answer_held(None)
     assert replies(out) == [] and h.held == [] and log(out, "turn_ignored")["reason"] == "no stop word"
+
+
+def test_the_next_turn_may_begin_before_the_last_spot_of_one_returns() -> None:
+    """A slow spotter (workers starting, a loaded machine) and a quick speaker: the waiting turn still gets
+    its last window spotted, and is decided by it, while the next turn is spotted as it goes."""
+    h = Spotting(hear=None)
+    first = h.run([SIL] * 5 + [SP] * 30 + [SIL] * PAUSE)  # its first spot still in flight at its end
+    assert len(h.held) == 1 and "log:turn_ignored" not in trace(first)
+    second = h.run([SP] * 10)  # the next turn has begun (too short for a spot of its own yet)
+    assert "log:started_talking" in trace(second) and len(h.held) == 1
+    out = h.answer_held(None)
+    (rest,) = h.held  # the rest of the first turn, not of the second
+    assert rest.audio[1].size > 30 * WIN - first_size(h) and "log:turn_ignored" not in trace(out)
+    out = h.answer_held(Heard("computer", end_s=0.05))
+    assert len(of(out, StopWord)) == 1 and len(replies(out)) == 1  # the first turn, answered after the word
+
+
+def first_size(h: Spotting) -> int:
+    return h.spots[0].audio[1].size
 
 
 def test_a_late_result_with_a_request_after_the_word_answers_the_waiting_turn() -> None:

@@ -121,6 +121,7 @@ async def server(make_server: Any) -> Any:
     return await make_server(ReplyOnPause(long_reply, interrupt_ms=INTERRUPT_MS))
 
 
+@pytest.mark.native_only  # (the rule is the core's; the ASGI driver's barge-in is the next test's)
 async def test_backchannels_do_not_stop_a_reply(server: Any, manifest: dict[str, Any]) -> None:
     url = f"ws://127.0.0.1:{server.port}"
     results = await asyncio.gather(*(listener(url, v, manifest, 2 * i) for i, v in enumerate(voices())))
@@ -192,6 +193,7 @@ async def first_audio_after_pause(url: str, manifest: dict[str, Any], name: str)
                 "tentative_lead": pause["wall"] - tentative["wall"]}
 
 
+@pytest.mark.native_only  # (timing of the core's rule; the ASGI path is the cancellation test's)
 async def test_a_speculative_reply_is_heard_sooner_after_the_pause(make_server: Any,
                                                                    manifest: dict[str, Any]) -> None:
     names = sorted(manifest["files"])[:6]

@@ -42,7 +42,6 @@ import hashlib
 import hmac
 import logging
 import math
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -287,13 +286,10 @@ class AccessPolicy:
         return Refusal(status, reason, metric, headers)
 
 
-_POLICIES: weakref.WeakKeyDictionary[Any, AccessPolicy] = weakref.WeakKeyDictionary()
-
-
 def policy_for(hub: Any) -> AccessPolicy:
-    """The policy of ``hub`` (from its config, counted in its metrics): one per hub, so every endpoint mounted from
-    it, in any number of apps, shares the per-address counts."""
-    policy = _POLICIES.get(hub)
+    """The policy of ``hub`` (from its config, counted in its metrics), kept on the hub: one per hub, so every
+    endpoint mounted from it, in any number of apps, shares the per-address counts."""
+    policy = getattr(hub, "_access_policy", None)
     if policy is None:
-        policy = _POLICIES[hub] = AccessPolicy(hub.config, hub.metrics)
+        policy = hub._access_policy = AccessPolicy(hub.config, hub.metrics)
     return policy

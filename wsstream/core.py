@@ -427,7 +427,7 @@ class StreamCore:
             self._reply_to(clip(audio, ev, decision.start), now)
         elif decision is not None:
             self._spot_pending(gate, decision)
-        elif gate.state is not Activation.ARMED:
+        elif gate.state is not Activation.ARMED and gate.pending_turn is None:  # (else a spot decides it)
             self._unanswered(ev)
 
     def _speculate(self, ev: PauseTentative, now: float) -> None:

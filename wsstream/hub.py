@@ -100,6 +100,7 @@ class Hub:
         self.metrics = Metrics()
         self.metrics.declare("handshakes_refused", "reason", REFUSED)
         self.metrics.add_live(self._live_figures)
+        self._access_policy: Any = None  # (wsstream.access.policy_for: one per hub, built on first use)
         self.engine = engine
         self.worker: InferenceWorker | None = None
         self.draining = False
@@ -128,6 +129,9 @@ class Hub:
             if self.engine is None:
                 model = await asyncio.to_thread(SileroModel)
                 self.engine = VadEngine(model)
+            spotter = getattr(self.app, "spotter", None)
+            if hasattr(spotter, "start"):  # (worker processes of the default stop-word spotter)
+                await asyncio.to_thread(spotter.start)
             worker = InferenceWorker(self.engine, min_interval_s=self.config.vad_batch_interval_ms / 1000,
                                      metrics=self.metrics)
             self._worker_task = asyncio.get_running_loop().create_task(worker.run(), name="vad-worker")

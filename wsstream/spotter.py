@@ -2,15 +2,20 @@
 
 ReplyOnStopWords keeps an agent quiet until the caller says a stop word
 ("computer", "hey assistant"). The server asks a *spotter* about the last few
-seconds of the current turn, from a worker thread, only while the VAD hears
+seconds of the current turn, off the event loop, only while the VAD hears
 speech. Anything callable as a :data:`Spotter` will do, so a speech-to-text
 model or a keyword model of the user's own plugs in with a line::
 
     ReplyOnStopWords(handler, stop_words=["computer"], spotter=lambda audio: my_stt(audio))
 
 The default, :class:`PocketSphinxSpotter`, runs CMU PocketSphinx's keyphrase
-search with the English model its wheel ships: no download, no network, a few
-milliseconds of CPU per second of audio.
+search with the English model its wheel ships: no download, no network. It holds
+the GIL while it decodes, so the server runs it in worker processes
+(:class:`ProcessPoolSpotter`, what :func:`default_spotter` builds): a spotter of
+your own that does the same (pure-Python or a GIL-holding extension) should be
+wrapped the same way. Those workers start by ``spawn``: a script that starts the
+server must do so under ``if __name__ == "__main__":``, as any multiprocessing
+program (the CLI and ASGI servers such as uvicorn do).
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ __all__ = [
     "DEFAULT_LOG10_THRESHOLD_PER_PHONE",
     "Heard",
     "PocketSphinxSpotter",
+    "ProcessPoolSpotter",
     "SpotResult",
     "Spotter",
+    "default_spotter",
     "match_stop_words",
     "pocketsphinx_available",
     "resolve",
@@ -324,3 +331,101 @@ class PocketSphinxSpotter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# A worker process's own spotter, built by the pool's initializer (one per process, never in the server).
+_worker_spotter: Spotter | None = None
+
+
+def _start_worker(factory: Callable[[], Spotter]) -> None:
+    global _worker_spotter
+    _worker_spotter = factory()
+
+
+def _noop() -> None:
+    pass
+
+
+def _spot_in_worker(audio: tuple[int, np.ndarray]) -> SpotResult:
+    assert _worker_spotter is not None, "worker started without its spotter"
+    return _worker_spotter(audio)
+
+
+class ProcessPoolSpotter:
+    """A :data:`Spotter` run in worker processes, for engines that hold the GIL while they decode.
+
+    PocketSphinx does (measured: a 2.5 s window holds it 70-200 ms), so from a thread it
+    would stall the event loop, and every stream with it, at each spot. Here the server's
+    process only sends the window (80 KB at 16 kHz) and waits with the GIL released.
+
+    ``factory`` builds the spotter in each worker (it must be picklable: a class or a
+    ``functools.partial``). The workers start on the first call, by ``spawn`` (the server's
+    process has inference threads: a fork of it is unsafe), each holding one spotter; a
+    worker that dies is replaced on the next call (the call in flight raises).
+    """
+
+    def __init__(self, factory: Callable[[], Spotter], processes: int | None = None) -> None:
+        self.factory = factory
+        self.processes = max(1, processes if processes is not None else min(2, os.cpu_count() or 1))
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._closed = False
+
+    def _executor(self) -> Any:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("ProcessPoolSpotter is closed")
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
+                                                 initializer=_start_worker, initargs=(self.factory,))
+            return self._pool
+
+    def start(self) -> None:
+        """Start the workers now (the server does at start-up), so the first spot need not wait for them."""
+        pool = self._executor()
+        for _ in range(self.processes):
+            pool.submit(_noop)
+
+    def __call__(self, audio: tuple[int, np.ndarray]) -> SpotResult:
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._executor()
+        try:
+            return pool.submit(_spot_in_worker, audio).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None  # (the next call starts fresh workers)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+    def close(self) -> None:
+        """Stop the workers, after the decode in flight (a fraction of a second). Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:  # (waiting: a pool left behind half shut fails in the interpreter's exit)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ProcessPoolSpotter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_spotter(stop_words: Sequence[str], *, threshold: float | Mapping[str, float] | None = None,
+                    pronunciations: Mapping[str, str] | None = None,
+                    processes: int | None = None) -> ProcessPoolSpotter:
+    """What ReplyOnStopWords uses without a spotter of the user's: PocketSphinx in worker processes (its
+    options as :class:`PocketSphinxSpotter`'s). The words are checked here, at once: a word PocketSphinx
+    cannot spot fails now, not in a worker."""
+    options: dict[str, Any] = {"threshold": None if threshold is None else (
+        dict(threshold) if isinstance(threshold, Mapping) else threshold),
+        "pronunciations": None if pronunciations is None else dict(pronunciations), "max_decoders": 1}
+    words = (stop_words,) if isinstance(stop_words, str) else tuple(stop_words)
+    PocketSphinxSpotter(words, **options).close()
+    return ProcessPoolSpotter(functools.partial(PocketSphinxSpotter, words, **options), processes)

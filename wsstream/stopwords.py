@@ -61,9 +61,9 @@ class ReplyOnStopWords(ReplyOnPause):
         if self.min_request_s < 0:
             raise ValueError(f"min_request_s must be >= 0, got {self.min_request_s!r}")
         if self.spotter is None:
-            from wsstream.spotter import PocketSphinxSpotter  # (its package is an extra: only when used)
+            from wsstream.spotter import default_spotter  # (its package is an extra: only when used)
 
-            object.__setattr__(self, "spotter", PocketSphinxSpotter(words))
+            object.__setattr__(self, "spotter", default_spotter(words))
         elif not callable(self.spotter):
             raise TypeError(f"spotter must be callable, got {type(self.spotter).__name__}")
 
@@ -109,6 +109,7 @@ class StopWordGate:
         self._spotted_to = 0  # how far into the current turn the spotter has heard
         self._heard_at: int | None = None  # where the word ended, when heard in the current turn
         self._pending: tuple[PauseDetected, np.ndarray] | None = None  # a turn waiting on its last spot
+        self._pending_to = 0  # how far into the pending turn the spotter has heard (a next turn may have begun)
         self._last_activity = 0.0
 
     @property
@@ -137,7 +138,11 @@ class StopWordGate:
     def spot(self, start: int, end: int, audio: tuple[int, np.ndarray]) -> Spot:
         self._seq += 1
         self._in_flight = (self._seq, start, end)
-        self._spotted_to = end
+        pending = self._pending
+        if pending is not None and end <= pending[0].speech_end and start >= pending[0].start:
+            self._pending_to = max(self._pending_to, end)  # (the pending turn's own last window)
+        else:
+            self._spotted_to = end
         assert self.app.spotter is not None
         return Spot(self._seq, self.app.spotter, audio)
 
@@ -154,13 +159,14 @@ class StopWordGate:
             return self._armed(ev)
         if self._in_flight is not None or self._spotted_to < ev.speech_end:
             self._pending = (ev, audio)
+            self._pending_to = self._spotted_to
             if self._in_flight is not None:
                 return None  # (the spot in flight decides it; what it did not hear is spotted then)
             return self._final_window(ev)
         return None
 
     def _final_window(self, ev: PauseDetected) -> tuple[int, int]:
-        start = max(ev.start, min(self._spotted_to, ev.speech_end) - self._window // 2, ev.speech_end - self._window)
+        start = max(ev.start, min(self._pending_to, ev.speech_end) - self._window // 2, ev.speech_end - self._window)
         return start, ev.speech_end
 
     def _armed(self, ev: PauseDetected) -> Answer | None:
@@ -201,7 +207,7 @@ class StopWordGate:
             self._pending = None
             answer = self._armed(ev)
             return heard, None if answer is None else (answer, ev, audio)
-        if self._spotted_to < ev.speech_end:
+        if self._pending_to < ev.speech_end:
             return heard, self._final_window(ev)  # (the caller spots it; the turn stays pending)
         self._pending = None
         return heard, None
