@@ -21,11 +21,12 @@ import pytest
 from conftest import ROOT, ServerProcess, load_corpus
 from prometheus_client.parser import text_string_to_metric_families
 from test_core import PAUSE, SIL, SP, Harness, of
+from twilio_peer import TwilioPeer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import Conversation
 
-from wsstream.codecs import AudioFormat
+from wsstream.codecs import AudioFormat, encode
 from wsstream.core import StartReply
 from wsstream.echo import echo
 from wsstream.metrics import CATALOGUE, CONTENT_TYPE, GENERIC_HELP, Histogram, Metrics
@@ -174,7 +175,8 @@ async def one_turn(port: int, manifest: dict[str, Any], token: str = TOKEN) -> N
     name = "dialog_01.flac"
     turn = manifest["files"][name]["turns"][0]
     audio = load_corpus(name)[turn["start"] - 4800:turn["end"] + 14400]
-    async with Conversation(f"ws://127.0.0.1:{port}/ws?token={token}", AudioFormat()) as conv:
+    query = f"?token={token}" if token else ""
+    async with Conversation(f"ws://127.0.0.1:{port}/ws{query}", AudioFormat()) as conv:
         await conv.send_audio(audio, speed=0.0)
         await conv.wait_for(lambda c: c.replies and c.replies[-1].ended_by == "mark", 15)
         assert conv.ws is not None
@@ -244,27 +246,45 @@ def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
 
 
 async def test_json_logs_name_the_stream_on_every_line_about_it(driver: str, manifest: dict[str, Any]) -> None:
-    server = await asyncio.to_thread(ServerProcess, "--log-format", "json", "--auth-tokens", TOKEN,
+    """Two /ws turns whose reply function logs from its thread and then raises, and a Twilio call, whose turn
+    events go to the server's log (DEBUG) since Twilio takes no log messages: every line is JSON, and each
+    line about a stream names it."""
+    server = await asyncio.to_thread(ServerProcess, "--log-format", "json", "--log-level", "DEBUG",
                                      "--handler", "tests.metrics_handlers:logging_then_failing", driver=driver)
     try:
-        await one_turn(server.port, manifest)
-        await one_turn(server.port, manifest)
+        await one_turn(server.port, manifest, token="")
+        await one_turn(server.port, manifest, token="")
+        wire = encode(load_corpus("dialog_06.flac", 8000), "mulaw")
+        async with TwilioPeer(f"ws://127.0.0.1:{server.port}/telephone/handler") as peer:
+            await peer.send_raw("not json either")
+            await peer.send_audio(wire[:int(4.4 * 8000)], realtime=False)
+            await peer.send_silence_until(lambda p: len(p.marks_echoed) >= 1, within=15)
+            await peer.stop()
+            assert await peer.wait_closed() == 1000
         for _ in range(100):  # (the server writes its lines as the streams end)
-            if sum('"reply function failed' in line for line in server.output) >= 2:
+            if sum('"reply function failed' in line for line in server.output) >= 3:
                 break
             await asyncio.sleep(0.05)
     finally:
         await asyncio.to_thread(server.close)
     records = log_lines(server)
     replying = [r for r in records if r["logger"] == "tests.reply"]
-    assert [r["stream_id"] for r in replying] == ["s1", "s2"]  # from the reply function's own thread
+    assert [r["stream_id"] for r in replying] == ["s1", "s2", "s3"]  # from the reply function's own thread
     assert replying[0]["message"].startswith("replying to ") and replying[0]["level"] == "INFO"
     assert "\n" in replying[0]["message"]  # (a newline in a message stays inside its one line)
     failed = [r for r in records if r["message"].startswith("reply function failed")]
-    assert [(r["stream_id"], r["level"]) for r in failed] == [("s1", "ERROR"), ("s2", "ERROR")]
+    assert [(r["stream_id"], r["level"]) for r in failed] == [("s1", "ERROR"), ("s2", "ERROR"), ("s3", "ERROR")]
     assert all("RuntimeError: the model fell over" in r["exc_info"] for r in failed)
+    call = [r for r in records if "twilio stream MZ" in r["message"]]
+    assert {"pause_detected", "invalid JSON", "started"} <= {word for r in call for word in
+                                                            ("pause_detected", "invalid JSON", "started")
+                                                            if word in r["message"]}, call
+    assert call and all(r.get("stream_id") == "s3" for r in call), call
     assert records[0]["time"].endswith("+00:00") and "T" in records[0]["time"]
-    assert any("stream_id" not in r for r in records)  # (lines about no stream have none)
+    # lines about no stream (listening, a connection before its stream opens) have none
+    unrelated = [r for r in records if r["logger"].startswith(("websockets", "uvicorn", "wsstream.server"))]
+    assert all("stream_id" not in r for r in unrelated), unrelated
+    assert unrelated or driver == "asgi"  # (under uvicorn at WARNING, every line here is about a stream)
 
 
 def test_the_log_format_option_is_checked(tmp_path: Path) -> None:
