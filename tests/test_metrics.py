@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,38 @@ def test_unknown_names_render_with_a_generic_help_and_instances_are_apart() -> N
     mine = prometheus_client.Counter("myapp_orders", "Orders the agent took.", registry=metrics.registry)
     mine.inc(2)
     assert value(families(metrics.render()), "myapp_orders_total") == 2
+
+
+def test_a_scrape_from_another_thread_meets_no_dict_changing_under_it() -> None:
+    """prometheus_client.start_http_server(registry=hub.metrics.registry) scrapes from its own thread while
+    the loop counts new names: the scrape works on copies."""
+    metrics = Metrics()
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape_forever() -> None:
+        while not done.is_set():
+            try:
+                metrics.render()
+            except BaseException as exc:  # (a RuntimeError: dictionary changed size during iteration)
+                failures.append(exc)
+                return
+
+    scraper = threading.Thread(target=scrape_forever)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (threads switch every few bytecodes: a race shows at once)
+    scraper.start()
+    try:
+        for i in range(2500):  # (every name new: the dicts grow while the scrape reads them)
+            metrics.inc(f"new_{i}")
+            metrics.inc_labelled("protocol_errors", f"d{i}", "json")
+            metrics.observe(f"new_seconds_{i}", 0.01)
+    finally:
+        done.set()
+        scraper.join()
+        sys.setswitchinterval(interval)
+    assert not failures, failures
+    assert value(families(metrics.render()), "wsstream_new_2499_total") == 1
 
 
 def test_histogram_buckets_are_cumulative_and_bulk_equals_one_by_one() -> None:

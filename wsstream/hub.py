@@ -345,7 +345,7 @@ class Hub:
 
     def _live_figures(self) -> tuple[dict[str, float], dict[str, float]]:
         """What the scrape reads from elsewhere: counts open streams still hold, the worker's stats."""
-        samples = sum(runner.core.samples_in for runner in self._streams.values())
+        samples = sum(runner.core.samples_in for runner in list(self._streams.values()))  # (a copy: see collect)
         stats = self.worker.stats if self.worker else None
         counters = {
             "audio_samples_in": samples,

@@ -8,7 +8,7 @@ global: a process may run many servers, the tests do); a host app may register i
 
 Every name should be in ``CATALOGUE`` (its help, type, labels, buckets); a name that is not (a counter a
 newer module added) still renders, with a generic help, so nothing is ever lost. Everything is touched from
-the event loop only, scrapes included, so the figures need no lock.
+the event loop (a scrape may come from another thread: it reads copies), so the figures need no lock.
 """
 
 from __future__ import annotations
@@ -301,9 +301,11 @@ class Metrics:
             self._live.pop()
 
     def collect(self) -> Iterator[Metric]:
-        """prometheus-client's collector protocol: our figures as metric families, sorted by name."""
+        """prometheus-client's collector protocol: our figures as metric families, sorted by name. It works on
+        copies (``dict()`` and ``list()`` of a dict are atomic in CPython), so a scrape from another thread, say
+        ``prometheus_client.start_http_server(registry=...)``, never meets a dict changing under it."""
         counters: Counter[str] = Counter(dict.fromkeys(ALWAYS, 0))
-        counters.update(self.counters)
+        counters.update(dict(self.counters))
         gauges = dict(self.gauges)
         for source in self._live:
             more_counters, more_gauges = source()
@@ -311,21 +313,23 @@ class Metrics:
                 counters[name] += value
             gauges.update(more_gauges)
         families: list[tuple[str, Metric]] = []
+        labelled = dict(self.labelled)
         for name, value in counters.items():
-            if name not in self.labelled:  # (a labelled counter's total: its series say it all)
+            if name not in labelled:  # (a labelled counter's total: its series say it all)
                 family = CounterMetricFamily(_exposed(name), _help(name, "counter"), value=value)
                 families.append((name, family))
-        for name, entry in self.labelled.items():
+        for name, entry in labelled.items():
             family = CounterMetricFamily(_exposed(name), _help(name, "counter"), labels=entry.labels)
-            for key, n in sorted(entry.counts.items()):
+            series = dict(entry.counts)
+            for key, n in sorted(series.items()):
                 family.add_metric(list(key), n)
-            unlabelled = counters.get(name, 0) - sum(entry.counts.values())  # plain ``inc`` calls on it
+            unlabelled = counters.get(name, 0) - sum(series.values())  # plain ``inc`` calls on it
             if unlabelled > 0:
                 family.add_metric(["unlabelled"] * len(entry.labels), unlabelled)
             families.append((name, family))
         for name, value in gauges.items():
             families.append((name, GaugeMetricFamily(_exposed(name), _help(name, "gauge"), value=value)))
-        for name, hist in self.histograms.items():
+        for name, hist in list(self.histograms.items()):
             family = HistogramMetricFamily(_exposed(name), _help(name, "histogram"))
             family.add_metric([], hist.buckets(), sum_value=hist.sum)
             families.append((name, family))
