@@ -58,6 +58,18 @@ async def test_deeply_nested_json_is_an_error_not_a_dropped_connection(server: A
         assert json.loads(await ws.recv()) == {"event": "pong"}  # the stream goes on
 
 
+async def test_deeply_nested_json_on_the_fastrtc_path_is_an_error_and_the_stream_goes_on(server: Any,
+                                                                                        manifest: dict) -> None:
+    good = asyncio.create_task(good_turn(server.port, manifest))
+    async with connect(f"ws://127.0.0.1:{server.port}/websocket/offer") as ws:
+        await ws.send(json.dumps({"event": "start", "websocket_id": "nested"}))
+        await ws.send(NESTED)
+        assert json.loads(await ws.recv()) == {"type": "error", "data": "invalid JSON: nested too deeply"}
+        await ws.send(json.dumps({"event": "ping"}))
+        assert json.loads(await ws.recv()) == {"event": "pong"}
+    await good
+
+
 async def test_deeply_nested_json_on_a_call_is_not_fatal(server: Any) -> None:
     wire = encode(load_corpus("dialog_06.flac", 8000), "mulaw")
     async with TwilioPeer(f"ws://127.0.0.1:{server.port}/telephone/handler") as peer:
@@ -82,6 +94,33 @@ async def test_twilio_start_with_an_infinite_rate_falls_back_and_the_call_goes_o
     assert server.metrics.counters["twilio_bad_media_format"] == 1
 
 
+class InfiniteChannelsPeer(TwilioPeer):
+    """A Twilio peer whose start says ``"channels": Infinity`` (and its rate as ``1e999``, read as inf)."""
+
+    async def send(self, msg: dict[str, Any], seq: bool = True) -> None:
+        if msg.get("event") == "start":
+            msg["start"]["mediaFormat"]["channels"] = float("inf")
+            text = json.dumps(msg).replace('"sampleRate": 8000', '"sampleRate": 1e999')
+            assert "Infinity" in text and "1e999" in text
+            assert self.ws is not None
+            await self.ws.send(text)
+            return
+        await super().send(msg, seq)
+
+
+async def test_twilio_start_with_infinite_channels_falls_back_and_the_call_goes_on(server: Any,
+                                                                                  manifest: dict) -> None:
+    good = asyncio.create_task(good_turn(server.port, manifest))
+    wire = encode(load_corpus("dialog_06.flac", 8000), "mulaw")
+    async with InfiniteChannelsPeer(f"ws://127.0.0.1:{server.port}/telephone/handler") as peer:
+        await peer.send_audio(wire[:int(4.4 * 8000)], realtime=False)
+        await peer.send_silence_until(lambda p: len(p.marks_echoed) >= 1, within=15)
+        await peer.stop()
+        assert await peer.wait_closed() == 1000
+    assert server.metrics.counters["twilio_bad_media_format"] == 1
+    await good
+
+
 async def test_a_lone_surrogate_in_a_field_name_closes_1003_with_a_reason(server: Any) -> None:
     async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
         await ws.send('{"event": "start", "format": {"\\ud800": 1}}')
@@ -96,17 +135,19 @@ async def test_a_lone_surrogate_in_a_field_name_closes_1003_with_a_reason(server
 
 
 async def test_a_hung_sync_reply_does_not_keep_sigterm_from_finishing(driver: str, manifest: dict) -> None:
-    server = await asyncio.to_thread(ServerProcess, "--handler", "tests.handlers:hung", driver=driver)
+    """A plain reply function stuck for good in a blocking call holds one thread of the pool: a good stream
+    is still answered alongside, and SIGTERM ends the process within seconds (its threads are daemons)."""
+    server = await asyncio.to_thread(ServerProcess, "--handler", "tests.reply_attacks:reply", driver=driver)
     try:
-        turn = manifest["files"]["dialog_00.flac"]["turns"][0]
         async with Conversation(server.url + "/ws", AudioFormat()) as conv:
-            await conv.send_audio(load_corpus("dialog_00.flac")[:turn["end"] + 16000])
-            await conv.wait_for(lambda c: c.logs("pause_detected"))  # the reply is now stuck in its thread
-            await asyncio.sleep(0.2)
+            await attacker_turn(conv, manifest, "hang")  # the reply is now stuck in its thread
+            await good_turn(server.port, manifest)
             t0 = time.monotonic()
             server.proc.terminate()
             code = await asyncio.to_thread(server.proc.wait, 15)
-        assert time.monotonic() - t0 < 8, "SIGTERM waited for the hung reply thread"
+        took = time.monotonic() - t0
+        print(f"{driver}: SIGTERM to exit with a hung reply thread: {took:.2f} s")
+        assert took < 5, "SIGTERM waited for the hung reply thread"
         assert code in (0, -signal.SIGTERM)
     finally:
         server.close()
@@ -378,6 +419,7 @@ async def test_sync_replies_share_a_bounded_pool_of_threads(make_server: Any, ma
     assert triggered > 1.5 * limit  # (more replies than threads, so the bound is what held)
     assert most <= limit, f"{most} reply threads for a limit of {limit}"
     assert any("reply threads are busy" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert server.hub.metrics.counters["reply_pool_saturations"] >= 1  # (once per time it ran full)
 
 
 async def test_a_full_reply_pool_hands_threads_on_in_order_and_bounds_the_wait() -> None:
@@ -392,6 +434,7 @@ async def test_a_full_reply_pool_hands_threads_on_in_order_and_bounds_the_wait()
     with pytest.raises(ReplyThreadsBusy):
         await pool.acquire()
     assert 0.25 < time.monotonic() - t0 < 0.45 and not busy.done()
+    pool.wait_s = 10.0  # (what follows is about order, not time: no failure from a loaded machine's delays)
     gone = asyncio.create_task(pool.acquire())
     first = asyncio.create_task(pool.acquire())
     second = asyncio.create_task(pool.acquire())
@@ -405,3 +448,117 @@ async def test_a_full_reply_pool_hands_threads_on_in_order_and_bounds_the_wait()
     pool.close()
     await asyncio.sleep(0.05)
     assert pool.threads == 0 and gone.cancelled()
+
+
+# ---- fault 8: reply audio that would stall the loop ----------------------------------------------
+
+STALL_S = 0.15  # the longest a ping may wait for its pong: 10-40 ms on a shared 2-core machine, 0.56 s before
+
+
+class PingProbe:
+    """The server's event loop seen over a socket: a /ws client sending a ping every 20 ms once the last
+    pong came. Its longest round trip bounds the longest stall of the loop while it ran."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.rtts: list[float] = []
+
+    async def __aenter__(self) -> PingProbe:
+        self._ws = await connect(self.url, open_timeout=20)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._ws.close()
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await self._ws.send(json.dumps({"event": "ping"}))
+            while json.loads(await self._ws.recv()) != {"event": "pong"}:
+                pass
+            self.rtts.append(time.monotonic() - t0)
+            await asyncio.sleep(0.02)
+
+    @property
+    def worst(self) -> float:
+        assert len(self.rtts) > 20, "the probe hardly ran"
+        return max(self.rtts)
+
+
+@pytest.fixture(scope="module")
+def attack_server(driver: str) -> Any:
+    """A server process whose reply function does to each stream what it asks for (tests/reply_attacks.py)."""
+    server = ServerProcess("--handler", "tests.reply_attacks:reply", driver=driver)
+    yield server
+    server.close()
+
+
+async def attacker_turn(conv: Conversation, manifest: dict[str, Any], kind: str) -> None:
+    """Ask for ``kind`` of reply, then speak a turn (as fast as it goes) and wait for its pause."""
+    await conv.send_json({"event": "input", "data": {"kind": kind}})
+    name = "dialog_00.flac"
+    turn = manifest["files"][name]["turns"][0]
+    await conv.send_audio(load_corpus(name)[:turn["end"] + 16000])
+    await conv.wait_for(lambda c: c.logs("pause_detected"), 15)
+
+
+async def test_a_ten_minute_reply_chunk_plays_without_stalling_the_loop(attack_server: Any,
+                                                                         manifest: dict) -> None:
+    """Ten minutes of audio yielded in one chunk: it plays at once and at real time, converted a slice at
+    a time as it plays (no ping waits on the conversion, the server's memory does not grow by the
+    chunk's conversion), and a good stream alongside is answered in time."""
+    server = attack_server
+    await good_turn(server.port, manifest, realtime=False)  # (a first turn allocates what later ones reuse)
+    before = peak_rss(server.proc.pid)
+    async with PingProbe(server.port) as probe:
+        good = asyncio.create_task(good_turn(server.port, manifest))
+        async with Conversation(server.url + "/ws", AudioFormat()) as attacker:
+            await attacker_turn(attacker, manifest, "huge")
+            t0 = time.monotonic()
+            await attacker.wait_for(lambda c: c.replies and len(c.replies[-1].audio) >= 2 * 16000 * 2, 15)
+            took = time.monotonic() - t0
+            await good
+            played = attacker.replies[-1]
+        worst = probe.worst
+    grown = peak_rss(server.proc.pid) - before
+    print(f"ten-minute chunk: worst ping {worst * 1000:.1f} ms over {len(probe.rtts)}; peak RSS grew "
+          f"{grown / 1e6:.1f} MB; 2 s of it came in {took:.2f} s")
+    assert worst < STALL_S, f"a ping waited {worst * 1000:.0f} ms for the loop"
+    assert took < 2.0 + 1.0, "the reply did not play at real time"
+    pcm = np.frombuffer(bytes(played.audio[:64000]), np.int16).astype(np.float32)
+    assert abs(np.sqrt(np.mean(pcm[3200:] ** 2)) - 8000 / np.sqrt(2)) < 300  # the tone, resampled to 16 kHz
+    assert grown < 25e6, f"peak RSS grew {grown / 1e6:.1f} MB while the chunk played"
+
+
+async def test_reply_audio_at_1_hz_is_refused_with_an_error_and_the_stream_goes_on(attack_server: Any,
+                                                                                  manifest: dict) -> None:
+    """2000 samples "at 1 Hz" (33 minutes once resampled to 16 kHz) are not resampled: the reply ends
+    with an error saying which rates are supported, the stream goes on, nothing stalls and memory
+    holds still; a good stream alongside is answered in time."""
+    server = attack_server
+    await good_turn(server.port, manifest, realtime=False)
+    before = peak_rss(server.proc.pid)
+    async with PingProbe(server.port) as probe:
+        good = asyncio.create_task(good_turn(server.port, manifest))
+        async with Conversation(server.url + "/ws", AudioFormat()) as attacker:
+            await attacker_turn(attacker, manifest, "1hz")
+            await attacker.wait_for(lambda c: c.of("event", "mark"), 10)
+            (error,) = attacker.of("type", "error")
+            assert error["data"] == ("reply audio refused: reply audio at 1 Hz: sample rates from 8000 to 48000 Hz "
+                                     "are supported; the reply was stopped")
+            assert not any(r.audio for r in attacker.replies)
+            await attacker.send_json({"event": "ping"})
+            await attacker.wait_for(lambda c: c.of("event", "pong"))
+            await attacker_turn(attacker, manifest, "echo")  # and its next turn is answered
+            await attacker.wait_for(lambda c: len(c.of("event", "mark")) == 2, 15)
+        await good
+        worst = probe.worst
+    grown = peak_rss(server.proc.pid) - before
+    status, _, body = await http(server.port, "GET", "/metrics")
+    assert status == 200 and b"wsstream_reply_audio_refused 1\n" in body
+    print(f"1 Hz chunk: worst ping {worst * 1000:.1f} ms; peak RSS grew {grown / 1e6:.1f} MB")
+    assert worst < STALL_S, f"a ping waited {worst * 1000:.0f} ms for the loop"
+    assert grown < 10e6, f"peak RSS grew {grown / 1e6:.1f} MB"

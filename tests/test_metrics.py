@@ -45,7 +45,8 @@ HISTOGRAMS = ("reply_latency_seconds", "turn_seconds", "vad_queue_delay_seconds"
 
 def counted_names() -> dict[str, str]:
     """Every metric name the source uses literally, with where: ``metrics.inc("x")``, ``inc_labelled``,
-    ``observe``, ``declare``, the core's ``_log("x")`` (counted as events_x) and dialects' ``Notice(..., "x")``."""
+    ``observe``, ``declare``, the core's ``_log("x")`` (counted as events_x) and ``_fail_reply(..., "x", now)``,
+    and dialects' ``Notice(..., "x")``."""
     found: dict[str, str] = {}
     for package in ("wsstream", "vad"):
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -59,6 +60,8 @@ def counted_names() -> dict[str, str]:
                 where = f"{path.relative_to(ROOT)}:{node.lineno}"
                 if called in ("inc", "inc_labelled", "observe", "observe_many", "declare") and name:
                     found[name] = where
+                elif called == "_fail_reply" and len(node.args) > 2 and isinstance(node.args[2], ast.Constant):
+                    found[node.args[2].value] = where  # (the core ends a reply and counts why)
                 elif called == "_log" and name:
                     found[f"events_{name}"] = where
                 elif called == "Notice":
@@ -72,7 +75,7 @@ def counted_names() -> dict[str, str]:
 def test_every_counted_name_has_help_in_the_catalogue() -> None:
     names = counted_names()
     assert {"turns", "protocol_errors", "handshakes_refused", "reply_latency_seconds", "events_pause_detected",
-            "twilio_dtmf", "vad_queue_delay_seconds"} <= set(names)  # (the scan finds each kind of call site)
+            "twilio_dtmf", "vad_queue_delay_seconds", "reply_audio_refused"} <= set(names)  # (each kind of call)
     missing = {name: where for name, where in names.items() if name not in CATALOGUE}
     assert not missing, f"add these to wsstream.metrics.CATALOGUE with a help text: {missing}"
     assert all(spec.help and spec.kind in ("counter", "gauge", "histogram") for spec in CATALOGUE.values())

@@ -176,3 +176,70 @@ async def test_barge_in_clears_a_reply_sent_in_full_but_not_yet_played(make_serv
         third_start = conv.logs("started_talking")[2]
         assert clear["wall"] >= third_start["wall"]
         await conv.wait_for(lambda c: len(c.logs("pause_detected")) == 3)
+
+
+# ---- timeouts (issue 13) ------------------------------------------------------------------------------
+
+TIMEOUT_FINALLY: list[str] = []
+
+
+def slow_sync(audio: tuple[int, np.ndarray], kind: str = "echo"):  # type: ignore[no-untyped-def]
+    """A sync generator, so in a pool thread that nothing can interrupt: ``silent`` blocks 3 s before its
+    first chunk; ``endless`` never ends (0.2 s of tone every 0.1 s, paced by playout); else the echo."""
+    import time
+
+    try:
+        if kind == "silent":
+            time.sleep(3)
+            yield audio
+        elif kind == "endless":
+            t = np.arange(3200) / 16000
+            chunk = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+            while True:
+                time.sleep(0.1)
+                yield 16000, chunk
+        else:
+            yield audio
+    finally:
+        TIMEOUT_FINALLY.append(kind)
+
+
+async def test_reply_timeouts_end_a_reply_with_an_error_and_the_stream_goes_on(make_server, manifest: dict) -> None:
+    """first_chunk_timeout_s: no audio 0.5 s after the call, the reply ends with an error (its mark follows);
+    reply_timeout_s: a function still running after 1.5 s is stopped (its finally runs), what it produced
+    plays out. Both counted; both streams go on; a good stream alongside is answered in time."""
+    from test_attacks import good_turn
+
+    from wsstream.config import StreamConfig
+
+    TIMEOUT_FINALLY.clear()
+    server = await make_server(ReplyOnPause(fn=slow_sync),
+                               stream=StreamConfig(first_chunk_timeout_s=0.5, reply_timeout_s=1.5))
+    url = f"ws://127.0.0.1:{server.port}/ws"
+
+    async def attack(kind: str) -> Conversation:
+        async with Conversation(url, FMT) as conv:
+            await conv.send_json({"event": "input", "data": {"kind": kind}})
+            await conv.send_audio(turn_audio(manifest, "dialog_02.flac", 0))
+            await conv.wait_for(lambda c: c.of("type", "error") and c.of("event", "mark"), 10)
+            await conv.send_json({"event": "ping"})
+            await conv.wait_for(lambda c: c.of("event", "pong"))
+        return conv
+
+    silent, endless, _ = await asyncio.gather(attack("silent"), attack("endless"), good_turn(server.port, manifest))
+    for conv, after, message in [
+            (silent, 0.5, "reply timed out: no audio within 0.5 s (first_chunk_timeout_s); the reply was stopped"),
+            (endless, 1.5, "reply timed out: its function was still running after 1.5 s (reply_timeout_s); it was "
+                           "stopped, what it produced plays out")]:
+        (pause,), (error,) = conv.logs("pause_detected"), conv.of("type", "error")
+        assert error["data"] == message
+        assert after - 0.05 < error["wall"] - pause["wall"] < after + 0.5, error["wall"] - pause["wall"]
+    assert not any(r.audio for r in silent.replies)
+    heard = len(endless.replies[-1].audio) / 2 / 16000
+    assert 1.3 < heard < 1.5 + 2.5, heard  # what it produced until stopped (up to the playout queue's 2 s)
+    assert server.metrics.counters["reply_timeouts"] == 2
+    for _ in range(100):  # the endless one is closed in its thread after the step in flight
+        if "endless" in TIMEOUT_FINALLY:
+            break
+        await asyncio.sleep(0.05)
+    assert "endless" in TIMEOUT_FINALLY

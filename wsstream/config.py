@@ -71,6 +71,13 @@ class StreamConfig:
     vad_high_water: float = 0.5  # fraction of the VAD buffer at which input waits for inference
     echo_gate: bool = _flag(False, "speech over a reply that is only the reply's own echo (a speakerphone, a "
                                    "browser without echo cancellation) does not interrupt it (experimental)")
+    first_chunk_timeout_s: float = _flag(0.0, "a reply whose function has yielded no audio this long after it was "
+                                              "called is stopped, with an error to the client (0: no limit)")
+    reply_timeout_s: float = _flag(0.0, "a reply function still running this long after it was called is stopped, "
+                                        "with an error to the client; what it produced plays out (0: no limit). "
+                                        "Its output is paced at real time: set it above your longest reply")
+    max_reply_s: float = _flag(3600.0, "seconds of audio one reply may yield, at most: it is cut there, with an "
+                                       "error to the client")
     vad_rate: int = _flag(16000, "rate Silero runs at for wideband streams: 8000 costs about a third less CPU "
                                  "(8 kHz streams always run at 8000)", choices=(16000, 8000))
 
@@ -83,6 +90,11 @@ class StreamConfig:
         _check(self.outbox_limit >= 16, f"outbox_limit must be >= 16, got {self.outbox_limit}")
         _check(self.playout_queue_frames >= 1, "playout_queue_frames must be >= 1")
         _check(0 < self.vad_high_water <= 1, f"vad_high_water must be in (0, 1], got {self.vad_high_water}")
+        _check(0 <= self.first_chunk_timeout_s <= 86400,
+               f"first_chunk_timeout_s must be in 0..86400 (0: none), got {self.first_chunk_timeout_s}")
+        _check(0 <= self.reply_timeout_s <= 86400,
+               f"reply_timeout_s must be in 0..86400 (0: none), got {self.reply_timeout_s}")
+        _check(0 < self.max_reply_s <= 86400, f"max_reply_s must be in (0, 86400], got {self.max_reply_s}")
         _check(self.vad_rate in (16000, 8000), f"vad_rate must be 16000 or 8000, got {self.vad_rate}")
 
     @property

@@ -54,7 +54,7 @@ from wsstream.events import (
 )
 from wsstream.history import AudioHistory
 from wsstream.metrics import Metrics
-from wsstream.playout import FrameEncoder
+from wsstream.playout import FrameEncoder, ReplyAudioRefused
 from wsstream.reply import AdditionalOutputs, CloseStream, ReplyContext, ReplyOnPause, StreamFacts
 from wsstream.stopwords import Activation, Answer, ReplyOnStopWords, Spot, StopWordGate, clip
 
@@ -125,6 +125,9 @@ class _Reply:
     spoke: bool = False  # its first frame went out (response_starting said)
     speculative: bool = False  # started at pause_tentative: held back until the pause is confirmed
     closes: bool = False  # it yielded CloseStream: the stream ends once it has played
+    started: float = 0.0  # when its function was called (the timeouts count from here)
+    audio_s: float = 0.0  # seconds of audio it has yielded (bounded by max_reply_s)
+    flushed: bool = False  # its encoder's last frame is out (it has ended and all it fed is converted)
     turn_at: float | None = None  # when the turn it answers ended (pause_detected): for the latency histogram
 
 
@@ -213,8 +216,12 @@ class StreamCore:
 
     @property
     def playout_room(self) -> bool:
-        """May the reply function produce more? (Frames produced ahead of playout are bounded.)"""
-        return len(self._frames) < self.config.playout_queue_frames or self.state is StreamState.CLOSED
+        """May the reply function produce more? (Frames produced ahead of playout are bounded, and a chunk
+        is converted a slice at a time as playout needs it: its function waits until all of it is.)"""
+        if self.state is StreamState.CLOSED:
+            return True
+        reply = self._reply
+        return len(self._frames) < self.config.playout_queue_frames and (reply is None or not reply.encoder.queued)
 
     @property
     def vad_room(self) -> bool:
@@ -240,7 +247,7 @@ class StreamCore:
         if self.state is StreamState.CLOSED:
             return True
         if type(event) is AudioIn:
-            return self.offer_audio(event.data)
+            return self.offer_audio(event.data, now)
         if isinstance(event, Start):
             self._on_start(event, now)
         elif isinstance(event, SetInputs):
@@ -304,9 +311,10 @@ class StreamCore:
         else:
             self._args, self._kwargs = (data,), {}
 
-    def offer_audio(self, data: bytes) -> bool:
+    def offer_audio(self, data: bytes, now: float | None = None) -> bool:
         """``receive(AudioIn(data))`` without the event: the per-message hot path (a few attribute
-        reads, one decode, two copies)."""
+        reads, one decode, two copies). ``now`` matters only for the first audio, which may start a
+        greeting (its timeouts count from then)."""
         state = self.state
         if state is not StreamState.STREAMING and state is not StreamState.NEW and state is not StreamState.STARTED:
             return True  # stopping or closed: audio after stop is not heard
@@ -329,7 +337,7 @@ class StreamCore:
             self.metrics.inc("input_waits")
             return False
         if state is not StreamState.STREAMING:  # the first audio: the formats are fixed from now on
-            self._leave_new(StreamState.STREAMING, self._play_until)  # (no reply to interrupt yet)
+            self._leave_new(StreamState.STREAMING, self._play_until if now is None else now)
         self.history.append(pcm)
         vad.push(pcm)
         if self._echo is not None:
@@ -561,8 +569,12 @@ class StreamCore:
         self.facts.reason = reason
         self._seq += 1
         turn_at, self._turn_at = (self._turn_at if reason == "turn" or reason == "trigger" else None), None
-        self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms), turn_at=turn_at)
+        self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms), started=now,
+                             turn_at=turn_at)
         self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
+        due = self._reply_due(self._reply)
+        if due is not None:
+            self.deadline = due if self.deadline is None else min(self.deadline, due)
 
     def reply_item(self, seq: int, item: Any, now: float) -> None:
         """One thing reply ``seq``'s function yielded. Items of a reply that has ended are ignored."""
@@ -571,10 +583,21 @@ class StreamCore:
             return
         if isinstance(item, tuple) and len(item) == 2:
             rate, samples = item
+            limit = self.config.max_reply_s
+            room = limit - reply.audio_s
             try:
-                self._frames.extend(reply.encoder.push(int(rate), samples))
+                seconds = reply.encoder.feed(rate, samples, room)  # (converted a slice at a time, in _pump)
+            except ReplyAudioRefused as exc:
+                self._fail_reply(reply, f"reply audio refused: {exc}; the reply was stopped",
+                                 "reply_audio_refused", now)
+                return
             except (FormatError, TypeError, ValueError) as exc:
                 self._emit(Warning(f"reply audio ignored: {exc}"))
+                return
+            reply.audio_s += min(seconds, room)
+            if seconds > room:
+                self._fail_reply(reply, f"reply audio refused: a reply may last at most {limit:g} s "
+                                        "(max_reply_s); it was cut there", "reply_audio_refused", now)
                 return
             self._pump(now)
         elif isinstance(item, AdditionalOutputs):
@@ -595,9 +618,60 @@ class StreamCore:
         if error is not None:
             self.metrics.inc("reply_errors")
             self._emit(Error(f"reply function failed: {type(error).__name__}: {error}"))
-        self._frames.extend(reply.encoder.flush(pad=self.config.pad_last_frame))
+        reply.state = ReplyState.DRAINING  # (its last frame is made once all it fed is converted: _fill)
+        self._pump(now)
+
+    def reply_running(self, seq: int) -> bool:
+        """Is reply ``seq``'s function still wanted? (False once the core has ended it: interrupted,
+        timed out, refused.)"""
+        reply = self._reply
+        return reply is not None and reply.seq == seq and reply.state is ReplyState.RUNNING
+
+    def _fail_reply(self, reply: _Reply, message: str, counter: str, now: float) -> None:
+        """End a reply's function for the server's own reasons (a timeout, audio refused): the client is
+        told why, and what it produced still plays to its last sample, then its mark."""
+        self.metrics.inc(counter)
+        facts = self.facts
+        log.warning("%s stream %s: %s", facts.dialect, facts.client_id or facts.session_id, message)
+        self._emit(Error(message))
+        self._emit(CancelReply(reply.seq))
         reply.state = ReplyState.DRAINING
         self._pump(now)
+
+    def _reply_due(self, reply: _Reply) -> float | None:
+        """When the running reply times out (first audio, whole function), if it does."""
+        if reply.state is not ReplyState.RUNNING:
+            return None
+        config = self.config
+        due = reply.started + config.reply_timeout_s if config.reply_timeout_s else None
+        if config.first_chunk_timeout_s and not reply.audio_s:
+            first = reply.started + config.first_chunk_timeout_s
+            due = first if due is None else min(due, first)
+        return due
+
+    def _check_reply_timeouts(self, now: float) -> None:
+        reply = self._reply
+        if reply is None or reply.state is not ReplyState.RUNNING:
+            return
+        config = self.config
+        if config.first_chunk_timeout_s and not reply.audio_s and now >= reply.started + config.first_chunk_timeout_s:
+            self._fail_reply(reply, f"reply timed out: no audio within {config.first_chunk_timeout_s:g} s "
+                                    "(first_chunk_timeout_s); the reply was stopped", "reply_timeouts", now)
+        elif config.reply_timeout_s and now >= reply.started + config.reply_timeout_s:
+            self._fail_reply(reply, f"reply timed out: its function was still running after "
+                                    f"{config.reply_timeout_s:g} s (reply_timeout_s); it was stopped, what it "
+                                    "produced plays out", "reply_timeouts", now)
+
+    def _fill(self, reply: _Reply) -> None:
+        """Convert fed reply audio into frames, a slice at a time, up to the playout queue's bound; once
+        the function has ended and all it fed is converted, its last (partial) frame."""
+        frames, encoder = self._frames, reply.encoder
+        want = self.config.playout_queue_frames - len(frames)
+        if want > 0 and encoder.queued:
+            frames.extend(encoder.take(want))
+        if reply.state is ReplyState.DRAINING and not reply.flushed and not encoder.queued:
+            frames.extend(encoder.flush(pad=self.config.pad_last_frame))
+            reply.flushed = True
 
     def _interrupt(self, now: float) -> None:
         """Barge-in: stop the reply, drop its unsent audio, tell the client to drop what it holds."""
@@ -624,6 +698,7 @@ class StreamCore:
             self._end_last_turn(now)
         elif self._idle_at is not None and now >= self._idle_at:
             self._idle_prompt(now)
+        self._check_reply_timeouts(now)
         self._pump(now)
 
     def _pump(self, now: float) -> None:
@@ -631,6 +706,8 @@ class StreamCore:
         a full lead, wait until it has fallen by ``refill``, then top it up in one go (fewer wakeups)."""
         frames = self._frames
         reply = self._reply
+        if reply is not None:
+            self._fill(reply)
         if reply is not None and reply.speculative:
             self.deadline = self._finish_deadline()
             return  # (held until pause_detected confirms its turn)
@@ -655,7 +732,7 @@ class StreamCore:
                     self._echo_reference(echo, frame, play_until, now)
                 play_until += len(frame) * per_byte
             self._play_until = play_until
-        if reply is not None and not frames and reply.state is ReplyState.DRAINING:
+        if reply is not None and not frames and reply.flushed:
             self._reply_played(reply)
         self.deadline = self._finish_deadline()
         if frames and self._reply is not None and self.state is not StreamState.CLOSED:
@@ -695,9 +772,13 @@ class StreamCore:
             self.close(1000, "stop")
 
     def _finish_deadline(self) -> float | None:
-        if self.state is StreamState.STOPPING:
-            return self._finish_by
-        return self._idle_at if self.state is not StreamState.CLOSED else None
+        if self.state is StreamState.CLOSED:
+            return None
+        due = self._finish_by if self.state is StreamState.STOPPING else self._idle_at
+        reply_due = self._reply_due(self._reply) if self._reply is not None else None
+        if reply_due is not None:
+            due = reply_due if due is None else min(due, reply_due)
+        return due
 
     def _idle_prompt(self, now: float) -> None:
         """The user has said nothing for ``idle_prompt_s`` since the last reply played: prompt them."""

@@ -112,7 +112,8 @@ class Hub:
         self._worker_task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._closed = False
-        self.reply_pool = ReplyPool(self.config.reply_threads)  # threads for sync reply functions, shared
+        # threads for sync reply functions, shared
+        self.reply_pool = ReplyPool(self.config.reply_threads, metrics=self.metrics)
         self._spot_pool = ReplyPool(SPOT_THREADS)  # stop-word spotting, for every stream (threads start on use)
         self._idle = asyncio.Event()
         self._idle.set()

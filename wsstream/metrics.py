@@ -119,7 +119,12 @@ CATALOGUE: dict[str, Spec] = {
     "echo_turns": _counter("Speech over a reply that the echo gate found to be the reply's own echo."),
     "echo_checks_echo": _counter("Echo gate checks that found the speech over a reply to be its echo."),
     "reply_errors": _counter("Reply functions that raised (the client gets an error message)."),
-    "reply_timeouts": _counter("Replies ended by a reply timeout (first chunk or whole reply)."),
+    "reply_timeouts": _counter("Replies stopped by a reply timeout (--first-chunk-timeout-s, --reply-timeout-s)."),
+    "reply_audio_refused": _counter("Replies stopped because their audio was refused (a sample rate out of bounds, "
+                                    "or more than --max-reply-s of it)."),
+    "reply_threads_busy": _counter("Replies dropped because every reply thread stayed busy for the pool's wait."),
+    "reply_pool_saturations": _counter("Times the pool of threads for sync reply functions ran full (the log "
+                                       "warns once each time)."),
     "idle_prompts": _counter("Replies started by the idle prompt (silence after a reply)."),
     "speculative_started": _counter("Replies started early at pause_tentative (--speculative)."),
     "speculative_used": _counter("Speculative replies whose turn was confirmed by pause_detected."),

@@ -7,6 +7,11 @@ or async generator (or a plain function / coroutine returning one chunk). Sync
 code never runs on the event loop: each reply takes one thread of a bounded pool
 (``ReplyPool``, ``ServerConfig.reply_threads``) for all its calls, and is closed
 in that same thread on barge-in, so its ``finally`` blocks run.
+
+What the server bounds (``wsstream.playout``, ``StreamConfig``): reply audio at 8000..48000 Hz,
+converted half a second at a time as it plays (a chunk of any length), at most ``max_reply_s`` of it
+per reply; optional timeouts for the first audio and the whole function. Each ends the reply with an
+error message to the client.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vad.detector import DetectorOptions
+from wsstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +230,16 @@ class ReplyPool:
     """At most ``size`` threads for sync reply code, shared by every stream of a hub, so that replies
     forced faster than a slow function returns (each interrupted call runs on: Python cannot stop it)
     cost waiting, not a thread each. A reply waits, first come first served, up to ``wait_s`` for a
-    thread, then fails with ``ReplyThreadsBusy``; a warning is logged when the pool runs full."""
+    thread, then fails with ``ReplyThreadsBusy``. A warning is logged (and ``reply_pool_saturations``
+    counted in ``metrics``) once each time the pool runs full: not again until a thread has gone idle."""
 
-    def __init__(self, size: int = DEFAULT_REPLY_THREADS, wait_s: float = REPLY_WAIT_S) -> None:
+    def __init__(self, size: int = DEFAULT_REPLY_THREADS, wait_s: float = REPLY_WAIT_S, *,
+                 metrics: Metrics | None = None) -> None:
         if size < 1:
             raise ValueError(f"a reply pool needs at least one thread, got {size}")
         self.size = size
         self.wait_s = wait_s
+        self._metrics = metrics
         self._lock = threading.Lock()  # lanes come back from their own threads
         self._idle: list[_Lane] = []
         self._started = 0
@@ -259,6 +268,8 @@ class ReplyPool:
         if waiter is None:
             return _Lane(self)
         if warn:
+            if self._metrics is not None:
+                self._metrics.inc("reply_pool_saturations")
             log.warning("all %d reply threads are busy (sync reply functions still running, interrupted ones "
                         "included): replies wait up to %g s for one; raise --reply-threads if this is load, "
                         "not a client forcing replies", self.size, self.wait_s)

@@ -102,7 +102,7 @@ class StreamRunner:
     def offer_audio(self, data: bytes) -> bool:
         """The hot path: one binary audio message. False: no VAD room yet; nothing was consumed."""
         core = self.core
-        if not core.offer_audio(data):
+        if not core.offer_audio(data, self._loop.time()):
             self._vad_room.clear()
             return False
         vad = core.vad
@@ -205,8 +205,10 @@ class StreamRunner:
 
     def _cancel_reply(self) -> None:
         task = self._reply_task
-        if task is not None and not task.done():
-            task.cancel()  # its generator is closed; a sync one in its own thread, after the step in flight
+        # its generator is closed; a sync one in its own thread, after the step in flight. (Not the task
+        # that is running this: the core ended its reply from within it, and it returns on seeing that.)
+        if task is not None and not task.done() and task is not asyncio.current_task(self._loop):
+            task.cancel()
         self._reply_task = None
 
     async def _run_reply(self, cmd: StartReply) -> None:
@@ -222,14 +224,16 @@ class StreamRunner:
                     self._after()
                     if isinstance(item, CloseStream):
                         break
-                    while not core.playout_room:  # produced far enough ahead of playout: wait for it
+                    # produced far enough ahead of playout (a long chunk is converted as it plays): wait
+                    while not core.playout_room and core.reply_running(seq):
                         self._playout_room.clear()
                         await self._playout_room.wait()
-                    if core.reply_state is ReplyState.IDLE:
+                    if not core.reply_running(seq):  # the core ended it (refused audio, a timeout, barge-in)
                         return
         except asyncio.CancelledError:
             raise
         except ReplyThreadsBusy as exc:  # (the pool has warned in the log: no traceback per reply)
+            core.metrics.inc("reply_threads_busy")
             error = exc
         except Exception as exc:
             log.exception("reply function failed in stream %s", self.id)
