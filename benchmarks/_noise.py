@@ -19,27 +19,48 @@ def white(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(n)
 
 
+def fast_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: an FFT of a recording's own length (often with a large prime
+    factor) is many times slower."""
+    best = 1 << max(n - 1, 0).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def pink(n: int, rate: int, rng: np.random.Generator, low_hz: float = 20.0) -> np.ndarray:
     """1/f power over the audible band (from ``low_hz`` up): white noise shaped in the frequency
-    domain, one FFT. Below 20 Hz it is cut, as audio test signals are: unbounded 1/f would put half
-    its power into a sub-audio rumble that nobody hears but that swings the level of every 8 ms."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1.0 / rate)
+    domain, one FFT (of a fast length, cut to n). Below 20 Hz it is cut, as audio test signals are:
+    unbounded 1/f would put half its power into a sub-audio rumble that nobody hears but that swings
+    the level of every 8 ms."""
+    m = fast_length(n)
+    spectrum = np.fft.rfft(rng.standard_normal(m))
+    f = np.fft.rfftfreq(m, 1.0 / rate)
     gain = np.zeros_like(f)
     audible = f >= low_hz
     gain[audible] = 1.0 / np.sqrt(f[audible])
-    return np.fft.irfft(spectrum * gain, n)
+    return np.fft.irfft(spectrum * gain, m)[:n]
 
 
 def hum(n: int, rate: int, rng: np.random.Generator, mains_hz: float = MAINS_HZ) -> np.ndarray:
     """Mains hum: the fundamental and its harmonics up to 1 kHz (odd ones stronger, as from a
     transformer or a ground loop), at fixed random phases."""
-    t = np.arange(n) / rate
-    out = np.zeros(n)
+    period = rate / mains_hz  # every harmonic repeats with the fundamental: one period, tiled, when whole
+    span = int(period) if period.is_integer() else n
+    t = np.arange(span) / rate
+    out = np.zeros(span)
     for h in range(1, int(min(1000.0, rate / 2 - 1) // mains_hz) + 1):
         amp = (1.0 if h % 2 else 0.4) / h
         out += amp * np.sin(2 * np.pi * mains_hz * h * t + rng.uniform(0, 2 * np.pi))
-    return out
+    return np.resize(out, n)
 
 
 def babble(n: int, others: Sequence[np.ndarray], rng: np.random.Generator, layers: int = 2) -> np.ndarray:

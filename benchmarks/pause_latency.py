@@ -22,7 +22,9 @@ back-dated row: clean and 20 dB, never under pause, median <= pause + 40, max <=
 pause + 100; 10 dB, never under pause - 100, median <= pause + 80, max <= pause +
 160; every turn found once and no false pause everywhere. fastrtc's rule (0.6 s
 chunks, a turn ends on a chunk with < 0.1 s of speech) is emulated on the clean
-probabilities for reference below the table.
+probabilities for reference below the table. Then: how many conditions meet the
+bounds, each turn outside them, and the detector's CPU per stream-second for each
+decision (process time of ``push`` alone, the model excluded).
 """
 
 from __future__ import annotations
@@ -49,10 +51,15 @@ def bounds(kind: str, snr: int | None, pause_ms: float) -> tuple[float, float, f
     return pause_ms, pause_ms + 40, pause_ms + 100
 
 
+CPU: dict[str, float] = dict.fromkeys(DECISIONS, 0.0)  # detector seconds per decision, over the whole run
+
+
 def pauses(decision: str, probs: np.ndarray, levels: np.ndarray, rate: int, pause_ms: float) -> list[int]:
     options = DetectorOptions(pause_ms=pause_ms, backdate=decision == "back-dated")
     det = PauseDetector(options, rate, 512 if rate == 16000 else 256)
+    t0 = time.process_time()
     events = det.push(probs, None if decision == "plain" else levels)
+    CPU[decision] += time.process_time() - t0
     return [e.at for e in events if isinstance(e, PauseDetected)]
 
 
@@ -71,7 +78,7 @@ def fastrtc_style(probs: np.ndarray, rate: int, window: int) -> list[int]:
 
 def cell(lat: list[float], missed: int, false: int) -> str:
     v = np.asarray(lat)
-    return f"{v.min():4.0f} {np.median(v):4.0f} {v.max():5.0f} {missed:2d} {false:2d}"
+    return f"{v.min():6.1f} {np.median(v):4.0f} {v.max():5.0f} {missed:2d} {false:2d}"
 
 
 def main() -> None:
@@ -85,9 +92,11 @@ def main() -> None:
     n_turns = sum(len(man["files"][n]["turns"]) for n in names)
     print(f"corpus: {len(names)} files, {n_turns} turns; pause_ms {args.pause_ms:.0f}; latency in ms after each "
           "turn's last speech sample: min median max, then turns missed and false pauses")
-    head = "  ".join(f"{d:^23}" for d in DECISIONS)
+    head = "  ".join(f"{d:^25}" for d in DECISIONS)
     print(f"\n{'condition':28}  {head}  bounds (back-dated)")
     fastrtc: dict[int, tuple[list[float], int, int]] = {}
+    met, rows, stream_s = 0, 0, 0.0
+    outside: list[str] = []
     for rate in _noise.RATES:
         div = man["sample_rate"] // rate
         speech = {n: load(n, rate) for n in names}
@@ -108,13 +117,19 @@ def main() -> None:
                 continue
             row = []
             verdict = ""
+            label = {"clean": "clean", "digital": "digital silence"}.get(kind, f"{kind} {snr} dB")
+            line = f"{label}, {'16 kHz' if rate == 16000 else '8 kHz μ-law'}"
             for decision in DECISIONS:
                 lat: list[float] = []
+                who: list[str] = []
                 missed = false = 0
                 for n in names:
                     probs, levels = outputs[(kind, snr, n)]
+                    if decision == "plain":
+                        stream_s += probs.size * (512 if rate == 16000 else 256) / rate
                     got = _noise.score(pauses(decision, probs, levels, rate, args.pause_ms), turns[n], rate)
                     lat += got[0]
+                    who += [f"{n.split('.')[0]}#{i}" for i in range(len(got[0]))]
                     missed += got[1]
                     false += got[2]
                 row.append(cell(lat, missed, false))
@@ -125,8 +140,11 @@ def main() -> None:
                                                      ("max", v.max() > hi), ("missed", missed), ("false", false))
                              if bad]
                     verdict = f"[{lo:.0f}, {hi:.0f}] med<={med:.0f}: " + ("ok" if not fails else ", ".join(fails))
-            label = {"clean": "clean", "digital": "digital silence"}.get(kind, f"{kind} {snr} dB")
-            line = f"{label}, {'16 kHz' if rate == 16000 else '8 kHz μ-law'}"
+                    met += not fails
+                    rows += 1
+                    out = [f"{w} {x:.1f}" for w, x in zip(who, lat, strict=True) if x < lo or x > hi]
+                    if out:
+                        outside.append(f"  {line}: " + ", ".join(out))
             print(f"{line:28}  {'  '.join(row)}  {verdict}")
         lat, missed, false = [], 0, 0
         for n in names:
@@ -138,6 +156,10 @@ def main() -> None:
         fastrtc[rate] = (lat, missed, false)
     for rate, (lat, missed, false) in fastrtc.items():
         print(f"{f'fastrtc-style, clean {rate // 1000} kHz':28}  {cell(lat, missed, false)}")
+    print(f"\nback-dated: {met} of {rows} conditions meet issue 11's bounds; turns outside them (ms after the "
+          "labelled end):")
+    print("\n".join(outside) or "  none")
+    print("detector CPU per stream-second: " + ", ".join(f"{d} {CPU[d] * 1000 / stream_s:.3f} ms" for d in DECISIONS))
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 

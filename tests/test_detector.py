@@ -291,3 +291,83 @@ def test_backdated_push_is_chunking_invariant() -> None:
     for chunk in np.array_split(np.arange(probs.size), 41):
         pieces += det.push(probs[chunk], levels[chunk])
     assert pieces == whole and sum(isinstance(e, PauseDetected) for e in whole) >= 2
+
+
+# ---- in noise (issue 11, item 2) ------------------------------------------------------------------------
+
+
+def noisy_room(n: int, room_db: float, seed: int = 5) -> np.ndarray:
+    """Sub-window levels of a steady noise (white-like: 0.5 dB of spread per 8 ms) for n windows."""
+    return room_db + 0.5 * np.random.default_rng(seed).standard_normal(n * 4)
+
+
+def test_quiet_last_syllable_after_a_stop_continues_the_turn() -> None:
+    # A noise 24 dB under the speaker. The turn's last syllable comes after a stop's closure (one window
+    # at room level) 14 dB under the speaker's level: below the midpoint the speaker's windows must
+    # reach, but 10 dB out of the room, and the model is sure throughout. It is the turn's end.
+    lead, talk, quiet = 32, 20, 4
+    probs = [0.0] * lead + [0.99] * (talk + 1 + quiet + 2) + [0.05] * 30
+    flat = noisy_room(len(probs), -42.0)
+    flat[lead * 4:(lead + talk) * 4] = -18.0
+    syllable = lead + talk + 1
+    flat[syllable * 4:(syllable + quiet) * 4] = -32.0
+    flat[(lead + talk) * 4:syllable * 4] = -42.0  # (the closure: no sub-window of it over the room's bar)
+    det, events = run(probs, flat.reshape(-1, 4))
+    (paused,) = [e for e in events if isinstance(e, PauseDetected)]
+    end = (syllable + quiet) * W
+    assert end <= paused.speech_end <= end + 2 * SUB
+    assert paused.at >= end + 9600
+    assert det.speaker_db is not None and det.speaker_db > -20.0  # the quiet syllable is not the speaker's level
+
+
+def test_quiet_sound_after_a_real_gap_is_not_the_turns_tail() -> None:
+    # The same quiet sound 130 ms after the speaker stopped (longer than a stop's closure): not this turn's.
+    lead, talk, gap, quiet = 32, 20, 4, 4
+    probs = [0.0] * lead + [0.99] * (talk + gap + quiet) + [0.05] * 30
+    flat = noisy_room(len(probs), -42.0)
+    flat[lead * 4:(lead + talk) * 4] = -18.0
+    flat[(lead + talk + gap) * 4:(lead + talk + gap + quiet) * 4] = -32.0
+    paused = first_pause(probs, flat.reshape(-1, 4))
+    assert paused.speech_end <= (lead + talk + gap) * W  # (the model's floor: its last window less lookback)
+    assert paused.speech_end >= (lead + talk) * W
+
+
+def test_a_lone_burst_after_a_gap_does_not_resume_the_turn() -> None:
+    # Babble: 320 ms after the speaker stopped, one window of another voice just over the voice gate,
+    # which the model calls speech. It neither cancels the tentative pause nor moves the end.
+    rng = np.random.default_rng(3)
+    lead, talk, gap = 40, 30, 10
+    probs = [0.0] * lead + [0.95] * talk + [0.1] * gap + [0.9] + [0.1] * 30
+    flat = -40.0 + 1.0 * rng.standard_normal(len(probs) * 4)
+    flat[lead * 4:(lead + talk) * 4] = -20.0
+    burst = lead + talk + gap
+    flat[burst * 4:(burst + 1) * 4] = -29.0  # the gate is about -30 (midway between room and speaker)
+    _, events = run(probs, flat.reshape(-1, 4))
+    assert not any(isinstance(e, PauseCancelled) for e in events)
+    (paused,) = [e for e in events if isinstance(e, PauseDetected)]
+    assert (lead + talk) * W <= paused.speech_end <= (lead + talk) * W + 2 * SUB
+    # two such windows in a row are the speaker resuming: the pause is cancelled, the end moves past them
+    probs[burst + 1] = 0.9
+    flat[(burst + 1) * 4:(burst + 2) * 4] = -29.0
+    _, events = run(probs, flat.reshape(-1, 4))
+    assert any(isinstance(e, PauseCancelled) for e in events)
+    (paused,) = [e for e in events if isinstance(e, PauseDetected)]
+    assert paused.speech_end >= (burst + 2) * W
+    # and one window well over the gate resumes at once
+    probs[burst + 1], flat[(burst + 1) * 4:(burst + 2) * 4] = 0.1, -40.0
+    flat[burst * 4:(burst + 1) * 4] = -20.0
+    _, events = run(probs, flat.reshape(-1, 4))
+    assert any(isinstance(e, PauseCancelled) for e in events)
+
+
+def test_in_a_loud_room_the_end_stays_nearer_the_models_last_window() -> None:
+    # As test_end_never_before_the_models_last_speech_window_minus_lookback, with the room 10 dB under the
+    # speaker instead of 42: a word's tail can hide under such a room, so the model's trailing windows are
+    # trusted more (the end is put at most 65 % of lookback_ms before the last of them, not all of it).
+    lead = 32
+    probs = [0.0] * lead + [0.9] * 26 + [0.05] * 40
+    for room, back in ((ROOM_DB, 100), (-30.0, 65)):
+        flat = np.full(len(probs) * 4, room)
+        flat[lead * 4:(lead + 20) * 4] = -20.0
+        paused = first_pause(probs, flat.reshape(-1, 4))
+        assert paused.speech_end == (lead + 26) * W - back * 16

@@ -29,6 +29,13 @@ the pause is counted from where the signal says the speech ended (back-dating,
   percentile of the speaker's sub-windows). Only the speaker's windows start,
   continue or resume a turn; any other window is silence, even if the model
   still says speech (its trailing probability, or babble that fools it).
+  Two exceptions, both for noise. A word's quiet last syllable (under the
+  midpoint, over the room's three spreads, the model sure without a break)
+  continues the turn if it follows within a stop's closure (64 ms) and within
+  250 ms of the speaker's last loud window. And after 160 ms without the
+  speaker, a window less than 3 dB over the gate resumes the turn only if the
+  window before it did too: a babble burst is that short, a speaker resuming
+  is not.
 * The end of speech is a change point on the sub-window powers from
   ``lookback_ms`` before the speaker's last window to ``tail_ms`` after it: the
   argmax of their cumulative excess over a bar (the room as heard after the
@@ -38,12 +45,17 @@ the pause is counted from where the signal says the speech ended (back-dating,
 * It is never taken earlier than ``lookback_ms`` before the model's last speech
   window, as long as that window follows the speaker's without a break and
   within ``tail_ms``: the model may hear a tail the level cannot see under
-  noise, but it cannot hold a pause off for ever (babble).
+  noise, but it cannot hold a pause off for ever (babble). The louder the room
+  against the speaker, the more of a tail can hide under it, so the more the
+  model is trusted: from 26 dB between the speaker's loud level and the room
+  down to 16 dB, that distance shrinks to 65 % of ``lookback_ms``.
 
 So a quiet gap inside a turn that the model holds at speech counts as silence
 from at most ``tail_ms - lookback_ms`` after the speaker's last window; a gap
 shorter than ``pause_ms`` minus that is never a pause. A word's tail under the
-noise cannot be seen: at low SNR the end may be found early by that tail.
+noise cannot be seen by the level, and the model does not always hear it
+either: at low SNR the end may be found early by that tail (issue 11 has the
+figures: ``benchmarks/pause_latency.py``).
 ``backdate=False`` (or no levels) keeps the older rule: silence from the last
 window at or above threshold, pushed later by a sub-window ``tail_margin_db``
 over a tracked noise floor within ``tail_ms``.
@@ -148,6 +160,13 @@ _EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), howeve
 _LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
 _LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
 _TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
+_SNR_A = 16.0  # the speaker's loud level this far over the room or less: the model's end is trusted most ...
+_SNR_B = 26.0  # ... this far or more: as in a quiet room (linear between)
+_LB_MIN = 0.65  # most trusted: the end at most this fraction of lookback_ms before the model's last window
+_QUIET_MS = 250.0  # a quiet syllable continues the turn up to this long after the speaker's last loud window ...
+_QUIET_GAP_MS = 64.0  # ... if no longer than this after the turn's last window (a stop's closure, not a pause)
+_RESUME_GAP_MS = 160.0  # after this long without the speaker, a window within ...
+_RESUME_MARGIN_DB = 3.0  # ... this of the gate resumes the turn only if the window before it was one too
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
     """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts].
@@ -241,6 +260,9 @@ class PauseDetector:
         self._tail = int(round(options.tail_ms * ms))
         self._lookback = int(round(options.lookback_ms * ms))
         self._onset_gap = int(round(options.onset_gap_ms * ms))
+        self._quiet = int(round(_QUIET_MS * ms))
+        self._quiet_gap = int(round(_QUIET_GAP_MS * ms))
+        self._resume_gap = int(round(_RESUME_GAP_MS * ms))
         self.position = 0  # samples consumed so far
         self.noise_floor_db = -60.0  # (backdate=False) the floor the level tail is measured against
         self.background = _Background()
@@ -268,6 +290,8 @@ class PauseDetector:
         self._tentative_sent = False
         self._end_final = False  # the back-dated end has seen all the signal it depends on
         self._local.clear()
+        self._loud_end = 0  # end of the speaker's last window over the voice gate
+        self._weak_end = -1  # end of the last window that, after a gap, was only just over it
 
     def push(self, probs: np.ndarray, levels: np.ndarray | None = None) -> list[DetectorEvent]:
         """Consume one probability per window, in order; return the events they caused.
@@ -353,8 +377,17 @@ class PauseDetector:
             loudest = max(row)
             gate = self._voice_gate()
             speaker = p >= thr and loudest >= gate
+            if speaker and self.state is State.TALKING and start - self._vad_speech_end >= self._resume_gap:
+                if loudest < gate + _RESUME_MARGIN_DB:  # a babble burst just over the gate is one window long
+                    speaker = self._weak_end == start
+                    self._weak_end = end
             if speaker:
                 self._track_speaker(row)
+                self._loud_end = end
+            elif (self.state is State.TALKING and self._run_open and p >= thr and background.count
+                  and loudest >= background.voice_gate() and end - self._loud_end <= self._quiet
+                  and start - self._vad_speech_end <= self._quiet_gap):
+                speaker = True  # a word's quiet last syllable: out of the room, the model sure, the turn unbroken
             if self.state is State.IDLE:
                 if speaker:
                     self._begin_onset(start, end, events)
@@ -377,7 +410,7 @@ class PauseDetector:
                             self._end_final = False
                 # (the end is searched for only once the earliest it can be is far enough back to matter)
                 need = self._pause if self._tentative_sent else min(self._tentative, self._pause)
-                if self.in_silence and end - (self._model_end - self._lookback) >= need:
+                if self.in_silence and end - (self._model_end - self._trust_lookback()) >= need:
                     if len(self._local) >= self._min_local:
                         self.speech_end = self._backdated_end(end, self._local_bar())
                     elif not self._end_final:
@@ -472,7 +505,16 @@ class PauseDetector:
                     break
         if best > 0.0:
             best_end += self._sub
-        return max(best_end, self._model_end - self._lookback)
+        return max(best_end, self._model_end - self._trust_lookback())
+
+    def _trust_lookback(self) -> int:
+        """How far (samples) before the model's last speech window the end may be put: ``lookback_ms`` in a
+        quiet room, less as the room nears the speaker's level (a tail can hide under it, the model hears it)."""
+        b, speaker = self.background, self.speaker_db
+        if speaker is None or not b.count:
+            return self._lookback
+        t = min(max((speaker - b.level - _SNR_A) / (_SNR_B - _SNR_A), 0.0), 1.0)
+        return int(round(self._lookback * (_LB_MIN + (1.0 - _LB_MIN) * t)))
 
     # ---- shared steps -------------------------------------------------------------------------
 
