@@ -278,6 +278,7 @@ def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
     for line in lines:
         record = json.loads(line)  # (fails the test on any line that is not one JSON object)
         assert {"time", "level", "logger", "message"} <= set(record), record
+        assert record["pid"] == server.proc.pid, record
         out.append(record)
     return out
 

@@ -32,7 +32,7 @@ class StreamIdFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (newlines in a message are escaped, never split it):
-    time (UTC, ISO 8601), level, logger, message, and stream_id, exc_info, stack_info when there is one.
+    time (UTC, ISO 8601), level, logger, message, pid, and stream_id, exc_info, stack_info when there is one.
     ASCII only, so a client's bytes quoted in a message can never make a line unwritable."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -41,6 +41,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # (with --workers, stream ids are per worker: s1 in each)
         }
         stream_id = getattr(record, "stream_id", None)
         if stream_id is not None:
