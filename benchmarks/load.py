@@ -304,7 +304,7 @@ def run_one(n: int, args: argparse.Namespace, truth: dict[str, list[tuple[float,
         cpu2, w2 = proc_cpu_seconds(server.pid), time.monotonic()
         gen.wait()
         wall = time.monotonic() - t0
-        samples_in = metric(port, "audio_samples_in")
+        samples_in = metric(port, "audio_samples_in_total")
         result = json.loads(out.read_text())
         out.unlink()
     finally:

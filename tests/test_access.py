@@ -105,9 +105,9 @@ async def get(port: int, path: str) -> tuple[int, str]:
 
 
 async def refused(port: int, reason: str) -> float:
-    """wsstream_handshakes_refused{reason=...} in the server's /metrics."""
+    """wsstream_handshakes_refused_total{reason=...} in the server's /metrics."""
     _, text = await get(port, "/metrics")
-    return parse_metrics(text)[f'wsstream_handshakes_refused{{reason="{reason}"}}']
+    return parse_metrics(text)[f'wsstream_handshakes_refused_total{{reason="{reason}"}}']
 
 
 class TokenConversation(Conversation):
@@ -424,7 +424,7 @@ def test_tokens_each_way_and_what_the_dialect_sees() -> None:
     assert isinstance(check(p, query=f"token={WRONG}"), Refusal)
     assert check(p, query=f"token={WRONG}&token={TOKEN_B}") == Admit("")  # any presented token that is good
     assert check(p, headers=[("Sec-WebSocket-Protocol", "chat")]).status == 401  # type: ignore[union-attr]
-    assert p.metrics is not None and p.metrics.labelled["handshakes_refused"][1]["auth_bad"] == 4
+    assert p.metrics is not None and p.metrics.count("handshakes_refused", reason="auth_bad") == 4
 
 
 def test_split_token_keeps_the_rest_of_the_query_as_sent() -> None:
@@ -551,7 +551,7 @@ def test_refusals_show_in_metrics_from_the_start() -> None:
     p = AccessPolicy(ServerConfig(auth_tokens=TOKEN_A), metrics)
     text = metrics.render()
     for reason in ("auth_missing", "auth_bad", "twilio_signature", "origin", "ip_connections", "ip_rate"):
-        assert f'wsstream_handshakes_refused{{reason="{reason}"}} 0' in text
+        assert f'wsstream_handshakes_refused_total{{reason="{reason}"}} 0.0' in text
     check(p)
-    assert 'wsstream_handshakes_refused{reason="auth_missing"} 1' in metrics.render()
-    assert text.count("# TYPE wsstream_handshakes_refused counter") == 1
+    assert 'wsstream_handshakes_refused_total{reason="auth_missing"} 1.0' in metrics.render()
+    assert text.count("# TYPE wsstream_handshakes_refused_total counter") == 1

@@ -240,4 +240,4 @@ async def test_binary_frames_are_an_error_not_a_crash(rates_server: Any) -> None
         await client.send({"event": "ping"})
         await client.wait_for(lambda c: {"event": "pong"} in c.msgs)
         assert client.msgs[0]["type"] == "error" and "binary" in client.msgs[0]["data"]
-    assert server.metrics.counters["protocol_errors"] == 1
+    assert server.metrics.count("protocol_errors", dialect="fastrtc") == 1

@@ -18,7 +18,7 @@ LAYERS = {
     "wsstream.codecs": 1, "wsstream.resample": 1, "wsstream.history": 1, "wsstream.playout": 1,
     "wsstream.metrics": 1, "wsstream.config": 1, "wsstream.events": 1, "wsstream.reply": 1, "wsstream.echo": 1,
     "wsstream.wsframes": 1, "wsstream.web": 1, "wsstream.spotter": 1, "wsstream.stopwords": 1,
-    "wsstream.echogate": 1,
+    "wsstream.echogate": 1, "wsstream.logs": 1,
     "wsstream.core": 2, "wsstream.inference": 2, "wsstream.dialects": 2,
     "wsstream.runner": 3,
     "wsstream.hub": 4,

@@ -107,7 +107,7 @@ async def test_two_workers_serve_corpus_conversations(workers_server: ServerProc
     served = [m.get("wsstream_sessions_total", 0) for m in workers.values()]
     assert sum(served) == len(names) + 16 and min(served) > 0, served
     assert all(m["wsstream_sessions_active"] == 0 for m in workers.values())
-    assert sum(m["wsstream_vad_windows"] for m in workers.values()) > 0
+    assert sum(m["wsstream_vad_windows_total"] for m in workers.values()) > 0
 
     status, body = await asyncio.to_thread(http_get, workers_server.port, "/healthz")
     assert (status, body) == (200, "ok\n")
@@ -127,7 +127,7 @@ async def test_total_concurrency_limit_is_split_across_workers() -> None:
         for m in workers.values():
             assert m["wsstream_sessions_active"] <= 2
             assert m["wsstream_sessions_active"] == m.get("wsstream_sessions_total", 0)
-        offered = [m.get("wsstream_sessions_total", 0) + m.get("wsstream_sessions_rejected", 0)
+        offered = [m.get("wsstream_sessions_total", 0) + m.get("wsstream_sessions_rejected_total", 0)
                    for m in workers.values()]
         assert sum(offered) == 16
         assert admitted == sum(min(2, n) for n in offered) <= 4, (admitted, offered)

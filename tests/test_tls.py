@@ -140,7 +140,7 @@ async def test_pages_over_https_and_nothing_without_trust_or_tls(tls_server: Any
     port = tls_server.port
     assert await asyncio.to_thread(https_get, port, "/healthz", trusting) == (200, "ok\n")
     status, body = await asyncio.to_thread(https_get, port, "/metrics", trusting)
-    assert status == 200 and 'wsstream_handshakes_refused{reason="auth_missing"}' in body
+    assert status == 200 and 'wsstream_handshakes_refused_total{reason="auth_missing"}' in body
     with pytest.raises(ssl.SSLCertVerificationError):  # the system's trust store does not know our certificate
         await connect(f"wss://127.0.0.1:{port}/ws", ssl=ssl.create_default_context(), open_timeout=5)
 

@@ -44,6 +44,8 @@ from wsstream.config import ServerConfig
 from wsstream.dialects import DIALECTS, Dialect, ProtocolError
 from wsstream.events import Close, Error, OutEvent
 from wsstream.hub import Hub, StreamRefused
+from wsstream.logs import STREAM_ID
+from wsstream.metrics import CONTENT_TYPE as METRICS_TYPE
 from wsstream.runner import StreamRunner, read_message, write_message
 from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON
 
@@ -81,6 +83,7 @@ class _Connection:
             await self._send(Error(str(exc)))
             await self.ws.close(exc.code, str(exc)[:120])
             return
+        STREAM_ID.set(stream.id)  # (this task is this connection's: its lines, and its reader's, are the stream's)
         reader = asyncio.get_running_loop().create_task(self._read(stream))
         try:
             await self._write(stream)
@@ -289,7 +292,7 @@ def create_app(hub: Hub, *, on_ready: Callable[[], Any] | None = None) -> Starle
         return PlainTextResponse(text, status)
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(hub.metrics_text(), media_type="text/plain; version=0.0.4")
+        return Response(hub.metrics_text(), media_type=METRICS_TYPE)
 
     async def static(request: Request) -> Response:
         found = web.static_file(request.path_params.get("name", "index.html"))

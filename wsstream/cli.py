@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from vad.detector import DetectorOptions
-from wsstream import workers
+from wsstream import logs, workers
 from wsstream.codecs import ENCODINGS, AudioFormat
 from wsstream.config import ServerConfig, StreamConfig, tune_process
 from wsstream.hub import Hub
@@ -122,7 +122,7 @@ async def _serve(args: argparse.Namespace) -> None:
     config = config_from_args(args, reuse_port=worker)
     app = build_app(args)
     if args.driver == "asgi":
-        await _serve_asgi(app, config)
+        await _serve_asgi(app, config, args.log_format)
         return
     server = WsServer(app, config)
     server.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
@@ -142,7 +142,7 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.drain(config.drain_s)
 
 
-async def _serve_asgi(app: ReplyOnPause, config: ServerConfig) -> None:
+async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, log_format: str = "text") -> None:
     """The same endpoints through the ASGI driver, under uvicorn (``pip install wsstream[asgi]``)."""
     try:
         import uvicorn
@@ -151,12 +151,16 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig) -> None:
     except ImportError as exc:
         raise SystemExit(f"--driver asgi needs the asgi extra (pip install 'wsstream[asgi]'): {exc}") from None
     hub = Hub(app, config)
+    hub.metrics.gauges.update(worker_index=0, worker_pid=os.getpid())
     sock = socket.create_server((config.host, config.port), backlog=1024)
     port = sock.getsockname()[1]
     started = asyncio.Event()
     asgi_app = create_app(hub, on_ready=started.set)
     uvicorn_tls = {"ssl_certfile": config.certfile, "ssl_keyfile": config.keyfile or None} if config.tls else {}
+    # (in JSON, uvicorn's loggers go through ours: its own config would print them as text)
+    own_logs = {"log_config": None} if log_format == "json" else {}
     server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets-sansio",
+                                           **own_logs,
                                            ws_max_size=config.max_message_bytes,
                                            ws_ping_interval=config.ping_interval_s,
                                            ws_ping_timeout=3 * config.ping_interval_s, **uvicorn_tls))
@@ -224,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--output-sample-rate", type=int, default=None,
                    help="output rate for fastrtc clients (default 24000)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                   help="text lines (default), or one JSON object per line with time, level, logger, message and "
+                        "the stream_id of the stream a line is about")
     s.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
                    help="event loop: uvloop when installed (auto), or force one")
 
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--workers must be at least 1")
         return workers.supervise(args, argv)
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure(args.log_level, args.log_format)
         # websockets logs every frame at DEBUG: --log-level DEBUG is for our events, not that
         logging.getLogger("websockets").setLevel(max(logging.getLogger().level, logging.INFO))
         _run(_serve(args), args.loop)

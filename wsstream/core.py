@@ -128,6 +128,7 @@ class _Reply:
     started: float = 0.0  # when its function was called (the timeouts count from here)
     audio_s: float = 0.0  # seconds of audio it has yielded (bounded by max_reply_s)
     flushed: bool = False  # its encoder's last frame is out (it has ended and all it fed is converted)
+    turn_at: float | None = None  # when the turn it answers ended (pause_detected): for the latency histogram
 
 
 class StreamCore:
@@ -168,6 +169,7 @@ class StreamCore:
         self._barge: int | None = None  # onset of speech over a reply, not yet long enough to interrupt it
         self._barge_heard = 0  # the end of its speech so far
         self._idle_at: float | None = None  # when an idle prompt is due (None: none armed)
+        self._turn_at: float | None = None  # when the last turn ended, until a reply to it begins
         self.vad: VadStream
         self._configure(input_format or AudioFormat(), output_format)
 
@@ -415,10 +417,13 @@ class StreamCore:
         self._log("pause_detected", t=round(ev.at / rate, 3), speech_s=round(speech_s, 3),
                   speech_end=round(ev.speech_end / rate, 3), reason=ev.reason)
         self.metrics.inc("turns")
+        self.metrics.observe("turn_seconds", speech_s)
+        self._turn_at = now
         reply = self._reply
         if reply is not None and reply.speculative:  # started at pause_tentative: its turn is confirmed
             self.metrics.inc("speculative_used")
             reply.speculative = False
+            reply.turn_at = now
             self._pump(now)
             return
         gate = self._gate
@@ -563,7 +568,9 @@ class StreamCore:
         self._idle_at = None
         self.facts.reason = reason
         self._seq += 1
-        self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms), started=now)
+        turn_at, self._turn_at = (self._turn_at if reason == "turn" or reason == "trigger" else None), None
+        self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms), started=now,
+                             turn_at=turn_at)
         self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
         due = self._reply_due(self._reply)
         if due is not None:
@@ -712,6 +719,8 @@ class StreamCore:
             if not reply.spoke and self._play_until <= horizon:
                 reply.spoke = True
                 self._log("response_starting", t=round(self.detector.position / self.detector.rate, 3))
+                if reply.turn_at is not None:
+                    self.metrics.observe("reply_latency_seconds", now - reply.turn_at)
             out = self._out
             per_byte = self._frame_out_s
             play_until = self._play_until

@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import itertools
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,7 +23,7 @@ from vad.engine import VadEngine
 from vad.model import SileroModel
 from wsstream.config import ServerConfig
 from wsstream.core import Output, ReplyEnded, StreamCore, StreamStarted
-from wsstream.dialects.base import Dialect
+from wsstream.dialects.base import Dialect, ProtocolError
 from wsstream.events import Clear, Close, Error, FetchOutput, Log, Mark, Refused, StopWord, Warning
 from wsstream.inference import InferenceWorker
 from wsstream.metrics import Metrics
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HOOKS = ("stream_opened", "started_talking", "pause_detected", "response_starting", "reply_finished",
          "stream_closed")
+REFUSED = ("concurrency_limit", "draining")  # the hub's reasons in wsstream_handshakes_refused (access has the rest)
 SUBSCRIBER_QUEUE = 256  # events a slow follower of a stream may fall behind by (the oldest go first)
 
 
@@ -97,6 +98,8 @@ class Hub:
         self.app = app if isinstance(app, ReplyOnPause) else ReplyOnPause(fn=app)
         self.config = config or ServerConfig()
         self.metrics = Metrics()
+        self.metrics.declare("handshakes_refused", "reason", REFUSED)
+        self.metrics.add_live(self._live_figures)
         self._access_policy: Any = None  # (wsstream.access.policy_for: one per hub, built on first use)
         self.engine = engine
         self.worker: InferenceWorker | None = None
@@ -130,7 +133,8 @@ class Hub:
             spotter = getattr(self.app, "spotter", None)
             if hasattr(spotter, "start"):  # (worker processes of the default stop-word spotter)
                 await asyncio.to_thread(spotter.start)
-            worker = InferenceWorker(self.engine, min_interval_s=self.config.vad_batch_interval_ms / 1000)
+            worker = InferenceWorker(self.engine, min_interval_s=self.config.vad_batch_interval_ms / 1000,
+                                     metrics=self.metrics)
             self._worker_task = asyncio.get_running_loop().create_task(worker.run(), name="vad-worker")
             self.worker = worker
 
@@ -179,8 +183,14 @@ class Hub:
         worker = self.worker
         if worker is None or self.draining or len(self._streams) >= self.config.concurrency_limit:
             self.metrics.inc("sessions_rejected")
+            self.metrics.inc_labelled("handshakes_refused", "concurrency_limit" if worker and not self.draining
+                                      else "draining")
             raise StreamRefused(Refused("concurrency_limit_reached", self.config.concurrency_limit))
-        setup = dialect.setup(query, self.app, self.config.stream)
+        try:
+            setup = dialect.setup(query, self.app, self.config.stream)
+        except ProtocolError as exc:  # (a bad query: the driver answers it and closes)
+            self.metrics.inc_labelled("protocol_errors", dialect.name, exc.kind)
+            raise
         engine, narrowband = worker.engine, setup.config.narrowband_vad
         core = StreamCore(self.app, lambda rate: engine.open_stream(rate, narrowband),
                           stream_id=f"s{next(self._ids)}", dialect=dialect.name, input_format=setup.input_format,
@@ -332,15 +342,21 @@ class Hub:
 
     def metrics_text(self) -> str:
         """Prometheus text exposition format, with the live counts open streams hold."""
-        live: Counter[str] = Counter()
-        for runner in self._streams.values():
-            live["audio_samples_in"] += runner.core.samples_in
+        return self.metrics.render()
+
+    def _live_figures(self) -> tuple[dict[str, float], dict[str, float]]:
+        """What the scrape reads from elsewhere: counts open streams still hold, the worker's stats."""
+        samples = sum(runner.core.samples_in for runner in list(self._streams.values()))  # (a copy: see collect)
         stats = self.worker.stats if self.worker else None
+        counters = {
+            "audio_samples_in": samples,
+            "vad_batches": stats.batches if stats else 0,
+            "vad_windows": stats.windows if stats else 0,
+            "vad_failed_batches": stats.failed_batches if stats else 0,
+        }
         gauges = {
             "sessions_active": len(self._streams),
             "concurrency_limit": self.config.concurrency_limit,
-            "vad_batches": stats.batches if stats else 0,
-            "vad_windows": stats.windows if stats else 0,
             "vad_largest_batch": stats.largest_batch if stats else 0,
         }
-        return self.metrics.render(gauges, live)
+        return counters, gauges

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from vad.engine import LEVEL_PARTS, VadEngine, VadStream
+from wsstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,16 @@ class WorkerStats:
 
 class InferenceWorker:
     def __init__(self, engine: VadEngine, *, max_windows_per_stream: int = 32,
-                 min_interval_s: float = 0.004, batched: bool = True) -> None:
+                 min_interval_s: float = 0.004, batched: bool = True, metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics  # queue delay, batch size and call time histograms (a hub gives its own)
         self.batched = batched  # False: one model call per stream (the baseline benchmarks compare with)
         self.max_windows = max_windows_per_stream
         self.min_interval = min_interval_s
         self.stats = WorkerStats()
         self._ready: dict[int, VadClient] = {}
+        self._since: dict[int, float] = {}  # when each ready client's first window waiting became ready
+        self._call_s = 0.0  # how long the last model call took, in its thread
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
 
@@ -51,7 +56,10 @@ class InferenceWorker:
         """The client has pushed audio; its windows join the next batch."""
         vad = client.vad
         if vad.pending_samples >= vad.window:
-            self._ready[id(client)] = client
+            key = id(client)
+            if key not in self._ready:
+                self._since[key] = time.monotonic()
+            self._ready[key] = client
             self._wake.set()
 
     async def run(self) -> None:
@@ -75,17 +83,23 @@ class InferenceWorker:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _process(self, batch: list[tuple[VadStream, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        if self.batched:
-            return self.engine.process_with_levels(batch)
-        return [self.engine.process_with_levels([item])[0] for item in batch]
+        start = time.perf_counter()
+        try:
+            if self.batched:
+                return self.engine.process_with_levels(batch)
+            return [self.engine.process_with_levels([item])[0] for item in batch]
+        finally:
+            self._call_s = time.perf_counter() - start  # (read on the loop once the call is over)
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         clients = list(self._ready.values())
+        since, self._since = self._since, {}
+        taken_at = time.monotonic()
         self._ready.clear()
         # Each window of a stream is one sequential model step, so a stream sending faster than real
         # time must not make everyone's batch long: the more streams are waiting, the fewer steps each.
         limit = max(2, min(self.max_windows, 128 // len(clients)))
-        batch, owners = [], []
+        batch, owners, waited = [], [], []
         for client in clients:
             if client.vad.closed:
                 continue
@@ -93,10 +107,16 @@ class InferenceWorker:
             if len(windows):
                 batch.append((client.vad, windows))
                 owners.append(client)
-            if client.vad.pending_samples >= client.vad.window:
+                waited.append(taken_at - since.get(id(client), taken_at))
+            if client.vad.pending_samples >= client.vad.window:  # more than one batch's worth: waits from now
                 self._ready[id(client)] = client
+                self._since[id(client)] = taken_at
         if not batch:
             return
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.observe_many("vad_queue_delay_seconds", np.asarray(waited))
+            metrics.observe("vad_batch_streams", len(batch))
         try:
             results = await loop.run_in_executor(self._executor, self._process, batch)
         except Exception:
@@ -106,6 +126,8 @@ class InferenceWorker:
             self.stats.failed_batches += 1
             results = [(np.zeros(len(w), dtype=np.float32), np.full((len(w), LEVEL_PARTS), -120.0, np.float32))
                        for _, w in batch]
+        if metrics is not None:
+            metrics.observe("vad_call_seconds", self._call_s)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for client, (probs, levels) in zip(owners, results, strict=True):

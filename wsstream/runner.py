@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 from collections import deque
@@ -34,6 +35,7 @@ from wsstream.core import (
 from wsstream.dialects.base import Dialect, ProtocolError
 from wsstream.events import AudioIn, AudioOut, Close, Error, FetchOutput, InEvent, Log, OutEvent, StopWord, Warning
 from wsstream.inference import InferenceWorker
+from wsstream.logs import STREAM_ID
 from wsstream.reply import CloseStream, ReplyPool, ReplyThreadsBusy, default_pool, reply_items, set_context
 from wsstream.stopwords import Spot
 
@@ -64,6 +66,9 @@ class StreamRunner:
         self._reply_pool = reply_pool or default_pool()  # (a hub gives its own, of ServerConfig.reply_threads)
         self._spot_pool = spot_pool  # (a hub shares one between its streams)
         self.id = core.context.session_id
+        # What this stream's tasks and timer run in: its log lines carry its id (wsstream.logs)
+        self.log_context = contextvars.copy_context()
+        self.log_context.run(STREAM_ID.set, self.id)
         self._worker = worker
         self._observer = observer
         self._loop = asyncio.get_running_loop()
@@ -104,15 +109,23 @@ class StreamRunner:
         if vad.pending_samples >= vad.window:
             self._worker.notify(self)
         if core.has_events:
-            self._after()
+            token = STREAM_ID.set(self.id)
+            try:
+                self._after()
+            finally:
+                STREAM_ID.reset(token)
         return True
 
     def offer(self, event: InEvent) -> bool:
         """Any inbound event; False only for audio that must wait for ``wait_vad_room``."""
         if type(event) is AudioIn:
             return self.offer_audio(event.data)
-        self.core.receive(event, self._loop.time())
-        self._after()
+        token = STREAM_ID.set(self.id)
+        try:
+            self.core.receive(event, self._loop.time())
+            self._after()
+        finally:
+            STREAM_ID.reset(token)
         return True
 
     async def wait_vad_room(self) -> None:
@@ -122,10 +135,14 @@ class StreamRunner:
     def on_vad(self, probs: np.ndarray, levels: np.ndarray) -> None:
         """From the inference worker, on the loop."""
         core = self.core
-        core.on_vad(probs, levels, self._loop.time())
-        if not self._vad_room.is_set() and core.vad_room:
-            self._vad_room.set()  # a reader waiting for inference to catch up may go on
-        self._after()
+        token = STREAM_ID.set(self.id)
+        try:
+            core.on_vad(probs, levels, self._loop.time())
+            if not self._vad_room.is_set() and core.vad_room:
+                self._vad_room.set()  # a reader waiting for inference to catch up may go on
+            self._after()
+        finally:
+            STREAM_ID.reset(token)
 
     # ---- control from the host app ------------------------------------------------------
 
@@ -169,7 +186,8 @@ class StreamRunner:
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+            self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer,
+                                                                            context=self.log_context)
             self._timer_at = deadline
         if not self._playout_room.is_set() and core.playout_room:
             self._playout_room.set()
@@ -247,7 +265,7 @@ class StreamRunner:
         self._after()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = self._loop.create_task(coro)
+        task = self._loop.create_task(coro, context=self.log_context.copy())
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -327,10 +345,14 @@ def read_message(runner: StreamRunner, dialect: Dialect, message: str | bytes) -
     try:
         return dialect.parse(message)
     except ProtocolError as exc:
-        runner.core.metrics.inc("protocol_errors")
-        runner.emit(Error(str(exc)))
-        if exc.fatal:
-            runner.close(exc.code, str(exc)[:120])
+        runner.core.metrics.inc_labelled("protocol_errors", dialect.name, exc.kind)
+        token = STREAM_ID.set(runner.id)
+        try:
+            runner.emit(Error(str(exc)))
+            if exc.fatal:
+                runner.close(exc.code, str(exc)[:120])
+        finally:
+            STREAM_ID.reset(token)
         return []
 
 

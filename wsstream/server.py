@@ -26,6 +26,7 @@ from wsstream.access import AccessPolicy
 from wsstream.config import ServerConfig, tune_process
 from wsstream.dialects import DIALECTS
 from wsstream.hub import Hub
+from wsstream.metrics import CONTENT_TYPE as METRICS_TYPE
 from wsstream.reply import ReplyFn, ReplyOnPause
 from wsstream.transport import CLOSE_TIMEOUT_S, OPEN_TIMEOUT_S, WsConnection
 
@@ -142,7 +143,7 @@ class WsServer:
         if path == "/healthz":
             return _text(*self.hub.health())
         if path == "/metrics":
-            return _text(200, self.hub.metrics_text(), "text/plain; version=0.0.4")
+            return _text(200, self.hub.metrics_text(), METRICS_TYPE)
         handler = self.http_routes.get(path) or next(
             (h for p, h in self.http_routes.items() if p.endswith("*") and path.startswith(p[:-1])), None)
         if handler is not None:

@@ -256,7 +256,7 @@ class WsConnection(asyncio.Protocol):
         self.stream = stream
         self._audio_bytes = dialect.audio if dialect.binary_audio else None
         stream.sink = self._sink
-        self._writer = self._loop.create_task(self._run(stream))
+        self._writer = self._loop.create_task(self._run(stream), context=stream.log_context.copy())
         self._writer.add_done_callback(self._finished)
         self._ping_timer = self._loop.call_later(self.hub.config.ping_interval_s, self._keepalive)
 
@@ -270,7 +270,7 @@ class WsConnection(asyncio.Protocol):
         if self.paused:  # we are not reading it (backpressure): it is not the one that is silent
             self.last_seen = now
         elif now - self.last_seen > 3 * interval:
-            log.info("dropping a connection silent for %.0f s", now - self.last_seen)
+            log.info("dropping a connection silent for %.0f s", now - self.last_seen, extra=self._about())
             self.close_code = 1006
             self._abort()
             return
@@ -293,7 +293,8 @@ class WsConnection(asyncio.Protocol):
             elif isinstance(event, CloseFrame):
                 self._peer_closed(event)
             elif isinstance(event, Violation):  # fail the connection: close frame, then end TCP at once
-                self.hub.metrics.inc("protocol_errors")
+                dialect = self.dialect.name if self.dialect is not None else "none"
+                self.hub.metrics.inc_labelled("protocol_errors", dialect, "framing")
                 self.close(event.code, event.reason)
                 self._flush()
                 assert self.transport is not None
@@ -318,7 +319,8 @@ class WsConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.pause_reading()
         self._backlog = collections.deque(events)
-        self._drainer = self._loop.create_task(self._drain_backlog())
+        context = self.stream.log_context.copy() if self.stream is not None else None
+        self._drainer = self._loop.create_task(self._drain_backlog(), context=context)
 
     async def _drain_backlog(self) -> None:
         assert self.stream is not None and self._backlog is not None
@@ -420,14 +422,18 @@ class WsConnection(asyncio.Protocol):
         stall_s = self.hub.config.write_stall_s
         self._count_stall()
         if self.state == "closing":
-            log.info("dropping a closing connection that has read nothing for %.1f s", stall_s)
+            log.info("dropping a closing connection that has read nothing for %.1f s", stall_s, extra=self._about())
             self._abort()
             return
-        log.info("closing a connection that has read nothing for %.1f s", stall_s)
+        log.info("closing a connection that has read nothing for %.1f s", stall_s, extra=self._about())
         self.close(1008, STALL_REASON)
         if self.stream is not None:
             self.stream.close(1008, STALL_REASON)  # its reply is cancelled and its slot freed
         self._arm_timer(min(CLOSE_TIMEOUT_S, stall_s))
+
+    def _about(self) -> dict[str, Any]:
+        """``extra`` for a log line about this connection: its stream's id (wsstream.logs)."""
+        return {"stream_id": self.stream.id if self.stream is not None else None}
 
     def _count_stall(self) -> None:
         """``write_stall_closes``: a connection ended because its client does not read (once each)."""
@@ -476,7 +482,7 @@ class WsConnection(asyncio.Protocol):
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("connection writer failed", exc_info=task.exception())
+            log.error("connection writer failed", exc_info=task.exception(), extra=self._about())
             self.close(1011, "internal error")
         self._maybe_done()
 

@@ -24,12 +24,15 @@ from wsstream.reply import ReplyOnPause
 
 
 class ProtocolError(ValueError):
-    """A message the dialect cannot understand. ``fatal`` ones end the connection with ``code``."""
+    """A message the dialect cannot understand. ``fatal`` ones end the connection with ``code``. ``kind``
+    labels it in wsstream_protocol_errors: "json", "message", or "setup" (the default for fatal ones: a start,
+    format or query the stream cannot go on with)."""
 
-    def __init__(self, message: str, *, fatal: bool = False, code: int = 1003) -> None:
+    def __init__(self, message: str, *, fatal: bool = False, code: int = 1003, kind: str | None = None) -> None:
         super().__init__(message)
         self.fatal = fatal
         self.code = code
+        self.kind = kind or ("setup" if fatal else "message")
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,11 @@ def load_json_object(message: str | bytes) -> dict[str, Any]:
     try:
         value = json.loads(message)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"invalid JSON: {exc}") from None
+        raise ProtocolError(f"invalid JSON: {exc}", kind="json") from None
     except RecursionError:  # '[' * 1100: Python's parser recurses per level
-        raise ProtocolError("invalid JSON: nested too deeply") from None
+        raise ProtocolError("invalid JSON: nested too deeply", kind="json") from None
     if not isinstance(value, dict):
-        raise ProtocolError(f"expected a JSON object, got {type(value).__name__}")
+        raise ProtocolError(f"expected a JSON object, got {type(value).__name__}", kind="json")
     return value
 
 
