@@ -185,7 +185,9 @@ class StreamCore:
         self._echo_anchor: float | None = None  # input position minus now * rate: the freshest input seen
         self._echo_seen_at = 0.0  # ... when last updated
         self._echo_asked = -1  # input position at which the echo gate was last asked about a barge
-        self._echo_every = fmt.sample_rate * 3 // 50  # ... and asked again after this much more input (60 ms)
+        self._echo_every = fmt.sample_rate * 3 // 50  # ... asked again after this much more input (60 ms)
+        self._echo_quiet = fmt.sample_rate // 5  # ... or this much (200 ms) while it hears nobody but the echo
+        self._echo_next_ask = 0  # how much input the answer holds for
         self._barge_echo = False  # the gate's last answer: the speech over the reply does not interrupt it
         self._barge_talker = False  # the gate heard someone besides the echo during this barge
         self._not_barge = -1  # onset of speech the gate found to be the user's after the reply: a turn
@@ -500,7 +502,7 @@ class StreamCore:
         if echo is None:
             return False
         pos = self.samples_in
-        if self._echo_asked >= 0 and pos - self._echo_asked < self._echo_every:
+        if self._echo_asked >= 0 and pos - self._echo_asked < self._echo_next_ask:
             return self._barge_echo
         self._echo_asked = pos
         self.metrics.inc("echo_checks")
@@ -509,12 +511,15 @@ class StreamCore:
             self._barge_echo = False
             return False
         self._barge_talker = self._barge_talker or verdict.heard
+        run = verdict.run_start()
         if not self._audible():
             self._barge_echo = not verdict.heard
         else:
-            run = verdict.run_start()
             need = self._interrupt_len * self.input_format.sample_rate // self.detector.rate
             self._barge_echo = run is None or pos - run < need
+        # (a talker's run is measured from where it began, so asking less often while there is none costs
+        # no latency: only the answer that it has lasted interrupt_ms waits for the next question)
+        self._echo_next_ask = self._echo_every if run is not None else self._echo_quiet
         return self._barge_echo
 
     def _backchannel(self, ev: PauseDetected) -> None:

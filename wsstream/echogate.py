@@ -142,7 +142,7 @@ class EchoGate:
                  margin_db: float = 3.0, talk_ratio: float = 1.0, bridge_ms: float = 250.0,
                  min_run_frames: int = 3, path_quantile: float = 0.5, growth_db: float = 3.0,
                  learn_spread_db: float = 3.5, poor_fit_db: float = 5.0, keep_score: float = 0.8,
-                 track_ms: float = 64.0, local_ms: float = 200.0) -> None:
+                 track_ms: float = 64.0, local_ms: float = 200.0, recent_s: float = 2.0) -> None:
         """``max_delay_ms``: the longest echo delay looked for (network and device included).
         ``history_s``: microphone kept; ``window_ms``: what one question looks at (a longer one is more
         exposed to the delay's drift). ``jitter_ms``: how far the delay may wander within the window;
@@ -186,7 +186,8 @@ class EchoGate:
         self._keep_score = keep_score
         self._track = int(round(track_ms * rate / 1000 / hop))
         self._local = max(int(round(local_ms * rate / 1000 / hop)), 1)
-        self._memory: tuple[int, np.ndarray] | None = None  # (lag, path) learned from echo alone
+        self._memory: tuple[int, np.ndarray, int] | None = None  # (lag, path, when) learned from echo alone
+        self._recent = int(recent_s * rate)  # a path learned this recently: only lags near its are searched
         history = int(history_s * rate)
         self._mic = _Ring(history)
         self._ref = _Ring(history + self.max_delay + int(max_ahead_s * rate))
@@ -257,13 +258,21 @@ class EchoGate:
         ahead = post - lag_lo
         if ahead > 0:
             ref = np.concatenate([ref, self._energies(self._ref, last, last + ahead)])
-        noise = np.quantile(self._mic_bands.get(max(self._mic_bands.first, last - self._keep_frames), last),
-                            _NOISE_QUANTILE, axis=0) + _FLOOR
+        held = self._mic_bands.get(max(self._mic_bands.first, last - self._keep_frames), last)
+        low = int(_NOISE_QUANTILE * (len(held) - 1))
+        noise = np.partition(held, low, axis=0)[low] + _FLOOR
         n_lags = lag_hi - lag_lo + 1
-        contrib = self._scores(mic, ref[pre:pre + n + n_lags - 1], noise)  # [j, t]: a lag of (lag_hi - j)
-        scores = contrib.sum(axis=1)
-        j = int(np.argmax(scores))
         memory = self._memory
+        j0, j1 = 0, n_lags  # the lags searched: all of them, or (with a recent path learned) those near it
+        if memory is not None and end - memory[2] < self._recent:
+            mj = lag_hi - memory[0]
+            j0, j1 = max(mj - self._track - 1, 0), min(mj + self._track + 1, n_lags - 1) + 1
+        ref_wide = ref[pre + j0:pre + j1 - 1 + n]
+        contrib = np.zeros((n_lags, n))
+        contrib[j0:j1] = self._scores(mic, ref_wide, noise)  # [j, t]: a lag of (lag_hi - j) frames
+        scores = np.where(np.arange(n_lags) >= j0, contrib.sum(axis=1), -np.inf)
+        scores[j1:] = -np.inf
+        j = int(np.argmax(scores))
         if memory is not None:  # the delay of a call drifts, it does not jump: the last one, while it fits
             mj = lag_hi - memory[0]
             near = np.arange(max(mj - 1, 0), min(mj + 1, n_lags - 1) + 1)
@@ -295,7 +304,7 @@ class EchoGate:
         talking = excess > self._talk_ratio * expected.sum(axis=1)
         flags = talking[span - first:]
         if not talking.any() and spread <= self._learn_spread:
-            self._memory = (lag_hi - j, fitted)  # echo alone, well explained: what the path is
+            self._memory = (lag_hi - j, fitted, end)  # echo alone, well explained: what the path is
         if self.trace is not None:
             self.trace.append({"end": end, "span": span * hop, "delay": self.delay, "path": path, "spread": spread,
                                "ratio": excess / expected.sum(axis=1), "flags": talking, "first": first * hop,
@@ -317,37 +326,41 @@ class EchoGate:
         each frame's share of the normalised correlation of cube-root energies, summed over the bands.
         Row j is a lag of (lags - j) frames; a row's sum is that lag's score over the window."""
         n = mic.shape[0]
-        m = np.cbrt(np.maximum(mic - noise, 0.0))
-        r = np.cbrt(ref_wide)
-        m = m - m.mean(axis=0)
-        views = np.lib.stride_tricks.sliding_window_view(r, n, axis=0)  # [lags + 1, bands, n]: ref_wide[j:j + n]
-        r_mean = views.mean(axis=2)
-        r_var = (views ** 2).sum(axis=2) - n * r_mean ** 2
-        m_var = (m ** 2).sum(axis=0)
-        weight = 1.0 / np.sqrt(r_var * m_var + 1e-30)  # [lags + 1, bands]
+        m = np.cbrt(np.maximum(mic - noise, 0.0)).T  # [bands, n]
+        m -= m.mean(axis=1, keepdims=True)
+        r = np.cbrt(ref_wide.T)  # [bands, n + lags]
+        views = np.lib.stride_tricks.sliding_window_view(r, n, axis=1).transpose(1, 0, 2)  # [lags+1, bands, n]
+        r_sum = views.sum(axis=2)
+        r_var = (views * views).sum(axis=2) - r_sum * r_sum / n
+        weight = 1.0 / np.sqrt(r_var * (m * m).sum(axis=1) + 1e-30)  # [lags + 1, bands]
         # (m's mean is zero, so r's mean needs no correction in the products)
-        return np.einsum("jbt,tb,jb->jt", views, m, weight, optimize=True)
+        return np.einsum("jbt,bt,jb->jt", views, m, weight)
 
     def _path(self, mic: np.ndarray, aligned: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per band, the echo's share of the reference's energy: a low quantile of the ratio over the
-        frames where the reference is loud (a talker only adds energy: most frames would have to hold one
-        to move it). A band the reference never fills has none. And how well it fits: the median
-        deviation of the ratio in dB (an echo alone: 2-3 dB; a talker the reference does not explain: 6+)."""
+        """Per band, the echo's share of the reference's energy: the ``path_quantile`` of the ratio over
+        the frames where the reference is loud (a talker only adds energy: most frames would have to hold
+        one to move the median). A band the reference never fills has none. And how well it fits: the
+        median deviation of the ratio in dB over the cells well above the room's noise (an echo alone:
+        1-4 dB; a talker the reference does not explain: 5-9)."""
         loud = aligned > _ACTIVE * aligned.max(axis=0, keepdims=True) + _FLOOR
-        ratio = np.where(loud, np.maximum(mic - noise, 0.0) / (aligned + _FLOOR), np.nan)
-        ok = loud.sum(axis=0) >= 4
-        path = np.zeros(mic.shape[1])
+        ratio = np.maximum(mic - noise, 0.0) / (aligned + _FLOOR)
+        path = _column_quantile(ratio, loud, self._path_quantile, least=4)
+        heard = loud & (mic > 4 * noise)
         spread = np.inf
-        if ok.any():
-            r = ratio[:, ok]
-            path[ok] = np.nanquantile(r, self._path_quantile, axis=0)
-            heard = loud[:, ok] & (mic[:, ok] > 4 * noise[ok])  # (cells well above the room's noise)
-            if heard.sum() >= 8:
-                cols = heard.any(axis=0)
-                heard = heard[:, cols]
-                db = 10 * np.log10(np.where(heard, r[:, cols], np.nan) + 1e-30)
-                spread = float(np.median(np.abs(db - np.nanmedian(db, axis=0))[heard]))
+        if heard.sum() >= 8:
+            db = 10 * np.log10(ratio + 1e-30)
+            centre = _column_quantile(db, heard, 0.5, least=1)
+            spread = float(np.median(np.abs(db - centre)[heard]))
         return path, spread
+
+
+def _column_quantile(values: np.ndarray, mask: np.ndarray, q: float, least: int) -> np.ndarray:
+    """Per column, the ``q`` quantile (lower) of the values where ``mask``; 0 for a column with fewer than
+    ``least`` of them. (np.nanquantile does this a column at a time, many times slower.)"""
+    ordered = np.sort(np.where(mask, values, np.inf), axis=0)
+    count = mask.sum(axis=0)
+    pick = np.take_along_axis(ordered, (np.maximum(count - 1, 0) * q).astype(np.intp)[None, :], axis=0)[0]
+    return np.where(count >= least, pick, 0.0)
 
 
 class Verdict:
