@@ -186,7 +186,9 @@ class StreamCore:
         self._echo_seen_at = 0.0  # ... when last updated
         self._echo_asked = -1  # input position at which the echo gate was last asked about a barge
         self._echo_every = fmt.sample_rate * 3 // 50  # ... asked again after this much more input (60 ms)
-        self._echo_quiet = fmt.sample_rate // 5  # ... or this much (200 ms) while it hears nobody but the echo
+        # ... or, while it hears nobody but the echo, after most of interrupt_ms: a talker's run is measured
+        # from where it began, so only the answer that it has lasted interrupt_ms can wait, and it does not
+        self._echo_quiet = max(self._echo_every, int(0.8 * self.app.interrupt_ms * fmt.sample_rate / 1000))
         self._echo_next_ask = 0  # how much input the answer holds for
         self._barge_echo = False  # the gate's last answer: the speech over the reply does not interrupt it
         self._barge_talker = False  # the gate heard someone besides the echo during this barge
@@ -497,7 +499,8 @@ class StreamCore:
         """Should the speech since ``barge`` not interrupt the reply, the echo gate says? True when it is
         only the reply's echo, or when the talker over the echo has not yet spoken ``interrupt_ms`` (a
         backchannel over the echo is one too); over the echo's tail alone, once the reply has played,
-        anyone heard is the user. Asked again after every 60 ms of input (the answer holds in between)."""
+        anyone heard is the user. Asked again after 60 ms of input while a talker is heard, after 80% of
+        interrupt_ms while only the echo is (the answer holds in between)."""
         echo = self._echo
         if echo is None:
             return False
@@ -517,8 +520,6 @@ class StreamCore:
         else:
             need = self._interrupt_len * self.input_format.sample_rate // self.detector.rate
             self._barge_echo = run is None or pos - run < need
-        # (a talker's run is measured from where it began, so asking less often while there is none costs
-        # no latency: only the answer that it has lasted interrupt_ms waits for the next question)
         self._echo_next_ask = self._echo_every if run is not None else self._echo_quiet
         return self._barge_echo
 
