@@ -189,6 +189,7 @@ def call(engine: VadEngine, clock: Clock, name: str, delay: float, atten: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one delay and attenuation per file")
+    parser.add_argument("--case", choices=("echo", "talker"), help="only this case")
     args = parser.parse_args()
     engine = VadEngine(SileroModel())
     info = manifest()
@@ -199,10 +200,11 @@ def main() -> None:
     totals = Clock()
     seconds = 0.0
     for encoding, rate in FORMATS:
-        for case in ("echo", "talker"):
+        for case in ("echo", "talker") if args.case is None else (args.case,):
             clock = Clock()
             calls = failed = 0
             latencies: list[float] = []
+            failures: list[str] = []
             stream_s = 0.0
             for i, name in enumerate(names):
                 talker = None
@@ -220,17 +222,24 @@ def main() -> None:
                     calls += 1
                     stream_s += r["seconds"]
                     if case == "echo":
-                        failed += r["clears"] > 0 or r["marks"] != 1 or r["pauses"] != 1
+                        bad = r["clears"] > 0 or r["marks"] != 1 or r["pauses"] != 1
+                        what = f"{r['clears']} clears, {r['pauses']} turns"
                     else:
                         after = None if r["clear_at"] is None else r["clear_at"] - r["talk_at"]
-                        failed += after is None or after > 0.7
+                        bad = after is None or after > 0.7
+                        what = "never cleared" if after is None else f"cleared after {after * 1000:.0f} ms"
                         if after is not None:
                             latencies.append(after * 1000)
+                    failed += bad
+                    if bad:
+                        failures.append(f"{name} {delay * 1000:.0f} ms {atten:.0f} dB: {what}")
             detail = ""
             if latencies:
                 detail = (f"clear after the talker's start: median {np.median(latencies):.0f} ms, "
                           f"max {max(latencies):.0f}")
             print(f"{encoding + ' ' + str(rate // 1000) + 'k':12} {case:7} {calls:5d} {failed:6d}   {detail}")
+            for line in failures:
+                print(f"{'':34}{line}")
             totals.echo += clock.echo
             totals.ask += clock.ask
             for key, value in clock.calls.items():

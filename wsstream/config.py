@@ -70,7 +70,8 @@ class StreamConfig:
     playout_queue_frames: int = 100  # reply frames produced ahead of playout (backpressure on the reply)
     vad_high_water: float = 0.5  # fraction of the VAD buffer at which input waits for inference
     echo_gate: bool = _flag(False, "speech over a reply that is only the reply's own echo (a speakerphone, a "
-                                   "browser without echo cancellation) does not interrupt it (experimental)")
+                                   "browser without echo cancellation) does not interrupt it, nor become a turn; "
+                                   "someone talking over the echo still does")
     vad_rate: int = _flag(16000, "rate Silero runs at for wideband streams: 8000 costs about a third less CPU "
                                  "(8 kHz streams always run at 8000)", choices=(16000, 8000))
 

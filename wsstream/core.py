@@ -499,8 +499,8 @@ class StreamCore:
         """Should the speech since ``barge`` not interrupt the reply, the echo gate says? True when it is
         only the reply's echo, or when the talker over the echo has not yet spoken ``interrupt_ms`` (a
         backchannel over the echo is one too); over the echo's tail alone, once the reply has played,
-        anyone heard is the user. Asked again after 60 ms of input while a talker is heard, after 80% of
-        interrupt_ms while only the echo is (the answer holds in between)."""
+        anyone heard is the user. Asked again after 60 ms of input once anyone but the echo has been heard,
+        after 80% of interrupt_ms while only the echo has (the answer holds in between)."""
         echo = self._echo
         if echo is None:
             return False
@@ -520,7 +520,7 @@ class StreamCore:
         else:
             need = self._interrupt_len * self.input_format.sample_rate // self.detector.rate
             self._barge_echo = run is None or pos - run < need
-        self._echo_next_ask = self._echo_every if run is not None else self._echo_quiet
+        self._echo_next_ask = self._echo_every if run is not None or verdict.heard else self._echo_quiet
         return self._barge_echo
 
     def _backchannel(self, ev: PauseDetected) -> None:
