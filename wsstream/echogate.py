@@ -25,14 +25,20 @@ Per question (numpy, vectorised over frames, bands and lags), over the last
 
 1. Band energies of microphone and reference frames (third-octave bands up to 8
    kHz, or the input's Nyquist: any rate, no resampler).
-2. The echo delay: the lag (0..``max_delay_ms``, in frames) at which the
-   reference's compressed band envelopes correlate best with the microphone's.
-3. The echo path: per band, the median ratio of microphone to reference energy at
-   that delay over the frames where the reference is loud (a median: a talker in a
-   minority of the frames does not move it).
+2. The echo delay: the lag (``min_delay_ms``..``max_delay_ms``, in frames) at
+   which the reference's compressed band envelopes correlate best with the
+   microphone's; near the one learned last, while that one still fits. Each
+   frame then takes the lag within ``track_ms`` of it that fits best around that
+   frame: the delay moves within a call (a client that ran dry plays on later).
+3. The echo path: per band, the median ratio of microphone to reference energy
+   over the frames where the reference is loud (a talker in a minority of the
+   frames does not move it), capped by the path learned from stretches of echo
+   alone. How well it fits (the ratio's spread in dB) is a double-talk detector
+   of its own: an echo alone spreads 1-4 dB; beyond ``poor_fit_db`` the
+   reference does not explain the microphone, and the fit is not the echo's.
 4. The echo each frame may hold: that path times the reference's largest energy
-   within ``jitter_ms`` of the delay (the delay's drift), and its decaying tail
-   (a room's reverberation), plus the room's noise per band (a low percentile).
+   within ``jitter_ms`` of the delay, and its decaying tail (a room's
+   reverberation), plus the room's noise per band (a low percentile).
 5. A frame is someone talking when the energy above ``margin_db`` over that
    prediction is, over all bands, more than ``talk_ratio`` of the prediction.
 
@@ -196,7 +202,6 @@ class EchoGate:
         self._ref_bands = _Bands(self, self._ref)
         self._played: list[list[int]] = []  # [start, end) stretches of reference, merged when they touch
         self.delay: int | None = None  # the echo delay (samples) of the last answer, for diagnostics
-        self.trace: list[dict[str, object]] | None = None  # a list: every answer's evidence is appended
 
     # ---- feeding: copies only --------------------------------------------------------------
 
@@ -305,10 +310,6 @@ class EchoGate:
         flags = talking[span - first:]
         if not talking.any() and spread <= self._learn_spread:
             self._memory = (lag_hi - j, fitted, end)  # echo alone, well explained: what the path is
-        if self.trace is not None:
-            self.trace.append({"end": end, "span": span * hop, "delay": self.delay, "path": path, "spread": spread,
-                               "ratio": excess / expected.sum(axis=1), "flags": talking, "first": first * hop,
-                               "frame_lag": frame_lag})
         return Verdict(flags, span * hop, hop, self.delay, self._bridge, self._min_run)
 
     def _energies(self, ring: _Ring, first: int, last: int) -> np.ndarray:
