@@ -70,7 +70,8 @@ class StreamConfig:
     playout_queue_frames: int = 100  # reply frames produced ahead of playout (backpressure on the reply)
     vad_high_water: float = 0.5  # fraction of the VAD buffer at which input waits for inference
     echo_gate: bool = _flag(False, "speech over a reply that is only the reply's own echo (a speakerphone, a "
-                                   "browser without echo cancellation) does not interrupt it (experimental)")
+                                   "browser without echo cancellation) does not interrupt it, nor become a turn; "
+                                   "someone talking over the echo still does")
     first_chunk_timeout_s: float = _flag(0.0, "a reply whose function has yielded no audio this long after it was "
                                               "called is stopped, with an error to the client (0: no limit)")
     reply_timeout_s: float = _flag(0.0, "a reply function still running this long after it was called is stopped, "

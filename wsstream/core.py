@@ -187,8 +187,17 @@ class StreamCore:
         self._interrupt_len = int(app.interrupt_ms * self.vad.rate / 1000)
         self._echo = EchoGate(fmt.sample_rate) if self.config.echo_gate else None
         self._echo_next = 0  # where the reference audio sent last ends, on the input timeline
-        self._echo_asked = -1  # speech end at which the echo gate was last asked about a barge
-        self._barge_echo = False  # the gate said the speech over the reply is its echo
+        self._echo_anchor: float | None = None  # input position minus now * rate: the freshest input seen
+        self._echo_seen_at = 0.0  # ... when last updated
+        self._echo_asked = -1  # input position at which the echo gate was last asked about a barge
+        self._echo_every = fmt.sample_rate * 3 // 50  # ... asked again after this much more input (60 ms)
+        # ... or, while it hears nobody but the echo, after most of interrupt_ms: a talker's run is measured
+        # from where it began, so only the answer that it has lasted interrupt_ms can wait, and it does not
+        self._echo_quiet = max(self._echo_every, int(0.8 * self.app.interrupt_ms * fmt.sample_rate / 1000))
+        self._echo_next_ask = 0  # how much input the answer holds for
+        self._barge_echo = False  # the gate's last answer: the speech over the reply does not interrupt it
+        self._barge_talker = False  # the gate heard someone besides the echo during this barge
+        self._not_barge = -1  # onset of speech the gate found to be the user's after the reply: a turn
         self.history = AudioHistory(int((self.config.max_utterance_s + 2.0) * fmt.sample_rate))
         # what the audio hot path needs, computed once
         self._encoding = fmt.encoding
@@ -352,6 +361,8 @@ class StreamCore:
         self._windows_seen += len(probs)
         if self.state is StreamState.CLOSED or self.state is StreamState.LAST_REPLY:
             return  # (after stop's last turn, late results are for audio the stream no longer answers)
+        if self._echo is not None:
+            self._echo_clock(now)
         detector = self.detector
         events = detector.push(probs, levels)
         rate = detector.rate
@@ -369,12 +380,11 @@ class StreamCore:
                     self._idle_at = None
                     if self._reply is None:
                         self.deadline = self._finish_deadline()
-                if can_interrupt and self._audible():
+                if can_interrupt and self._over_reply(ev.onset):
                     barge = self._barge = ev.onset if self._barge is None else min(self._barge, ev.onset)
                     if ev.at - barge >= self._interrupt_len and not self._is_echo(barge):
-                        self._interrupt(now)  # (else it interrupts once it has lasted interrupt_ms)
-                        self._end_barge()
-            elif isinstance(ev, PauseDetected) and self._barge is not None:
+                        self._barge_over(now)  # (else it interrupts once it has lasted interrupt_ms)
+            elif isinstance(ev, PauseDetected) and self._barge is not None and not self._heard_after_reply():
                 self._backchannel(ev)
             elif isinstance(ev, PauseTentative):
                 self._log("pause_tentative", t=round(ev.at / rate, 3))
@@ -455,35 +465,75 @@ class StreamCore:
         window and count again from after it, but the listener heard the talker from the start."""
         detector, barge = self.detector, self._barge
         if detector.state is not State.IDLE:
-            if barge is None and self._audible():
+            if barge is None and self._over_reply(detector.onset):
                 barge = self._barge = detector.onset
             if barge is not None:
                 self._barge_heard = detector.speech_end
                 if detector.state is State.TALKING and detector.speech_end - barge >= self._interrupt_len:
                     if self._is_echo(barge):
                         return  # our own reply coming back: it interrupts nothing (nor becomes a turn)
-                    self._end_barge()  # not a backchannel: the user is talking over the reply
-                    if self._audible() and self.state is not StreamState.CLOSED:
-                        self._interrupt(now)
+                    self._barge_over(now)  # not a backchannel: the user is talking over the reply
         elif barge is not None and detector.position - self._barge_heard > self._interrupt_len:
             self._end_barge()  # (a sound that never became a turn, long enough ago)
 
+    def _over_reply(self, onset: int) -> bool:
+        """Is speech from ``onset`` on heard over a reply: one still playing, or (with the echo gate) one
+        whose echo may still be coming back, unless the gate already found this speech the user's own."""
+        if self._audible():
+            return True
+        echo = self._echo
+        return echo is not None and onset != self._not_barge and echo.active
+
+    def _barge_over(self, now: float) -> None:
+        """Speech over a reply turned out to be the user's: it interrupts the reply if one is still heard
+        (else, over the echo's tail, it is a turn like any other)."""
+        if not self._audible():
+            self._not_barge = self.detector.onset
+        self._end_barge()
+        if self._audible() and self.state is not StreamState.CLOSED:
+            self._interrupt(now)
+
+    def _heard_after_reply(self) -> bool:
+        """A short turn over the echo's tail alone (the reply has played): the user's, if the gate hears
+        them, and so answered like any turn after a reply."""
+        barge = self._barge
+        if barge is None or self._echo is None or self._audible():
+            return False
+        self._echo_asked = -1
+        if self._is_echo(barge):
+            return False
+        self._end_barge()
+        return True
+
     def _end_barge(self) -> None:
-        self._barge, self._barge_echo, self._echo_asked = None, False, -1
+        self._barge, self._barge_echo, self._barge_talker, self._echo_asked = None, False, False, -1
 
     def _is_echo(self, barge: int) -> bool:
-        """Is the speech since ``barge`` only the reply's echo? Asked again every 100 ms of speech at most
-        (the answer holds in between)."""
+        """Should the speech since ``barge`` not interrupt the reply, the echo gate says? True when it is
+        only the reply's echo, or when the talker over the echo has not yet spoken ``interrupt_ms`` (a
+        backchannel over the echo is one too); over the echo's tail alone, once the reply has played,
+        anyone heard is the user. Asked again after 60 ms of input once anyone but the echo has been heard,
+        after 80% of interrupt_ms while only the echo has (the answer holds in between)."""
         echo = self._echo
         if echo is None:
             return False
-        detector = self.detector
-        if self._echo_asked >= 0 and detector.speech_end - self._echo_asked < detector.rate // 10:
+        pos = self.samples_in
+        if self._echo_asked >= 0 and pos - self._echo_asked < self._echo_next_ask:
             return self._barge_echo
-        self._echo_asked = detector.speech_end
-        self._barge_echo = echo.echo_only(self._to_input(barge), self.samples_in)
-        if self._barge_echo:
-            self.metrics.inc("echo_checks_echo")
+        self._echo_asked = pos
+        self.metrics.inc("echo_checks")
+        verdict = echo.analyse(self._to_input(barge), pos)
+        if verdict is None:  # no reply could be echoing: every sound is the user's
+            self._barge_echo = False
+            return False
+        self._barge_talker = self._barge_talker or verdict.heard
+        run = verdict.run_start()
+        if not self._audible():
+            self._barge_echo = not verdict.heard
+        else:
+            need = self._interrupt_len * self.input_format.sample_rate // self.detector.rate
+            self._barge_echo = run is None or pos - run < need
+        self._echo_next_ask = self._echo_every if run is not None or verdict.heard else self._echo_quiet
         return self._barge_echo
 
     def _backchannel(self, ev: PauseDetected) -> None:
@@ -492,13 +542,13 @@ class StreamCore:
         self._barge = None
         rate = self.detector.rate
         speech_s = round((ev.speech_end - ev.start) / rate, 3)
-        if self._barge_echo:
+        if self._barge_echo and not self._barge_talker:
             self.metrics.inc("echo_turns")
             self._log("echo", t=round(ev.at / rate, 3), speech_s=speech_s)
         else:
             self.metrics.inc("backchannels")
             self._log("backchannel", t=round(ev.at / rate, 3), speech_s=speech_s)
-        self._barge_echo, self._echo_asked = False, -1
+        self._barge_echo, self._barge_talker, self._echo_asked = False, False, -1
 
     def _reply_to(self, audio: np.ndarray, now: float, reason: str = "turn") -> None:
         self._begin_reply(self.app.fn, ((self.input_format.sample_rate, audio), *self._args), self._kwargs, now,
@@ -748,12 +798,31 @@ class StreamCore:
         if rate_in != rate_out:
             n = pcm.size * rate_in // rate_out
             pcm = np.interp(np.arange(n) * (rate_out / rate_in), np.arange(pcm.size), pcm).astype(np.int16)
-        start = self.samples_in + int((play_at - now) * rate_in)
-        if abs(start - self._echo_next) < rate_in // 25:  # within 40 ms: the same stretch, contiguous
-            start = self._echo_next
-        start = max(start, self._echo_next)
+        # Where it plays: where the microphone is by now, plus the wait. That estimate is noisy (input comes
+        # in messages, late when a loop stalls), so a reply stays contiguous, slewed towards it by a
+        # twentieth of the error per frame, and jumps only when over 40 ms off (a client that ran dry plays
+        # the next frame late). Only the input's future is ever rewritten: start >= samples_in.
+        start = int(self._echo_clock(now) + (play_at - now) * rate_in)
+        err = start - self._echo_next
+        if abs(err) < rate_in // 25:
+            start = self._echo_next + int(round(err / 20))
+        start = max(start, self.samples_in)
         echo.reference(pcm, start)
         self._echo_next = start + pcm.size
+
+    def _echo_clock(self, now: float) -> float:
+        """Where the client's microphone is by ``now``, on the input timeline. Input received by a time is a
+        lower bound of that (it was captured before it arrived); the freshest one seen, carried forward
+        at the input rate, is the closest. It forgets at 20 ms a second, so input that falls behind for
+        good (lost packets, a clock that runs slow) is followed; input late in bursts (a stalled loop, a
+        congested link) moves it hardly at all."""
+        rate = self.input_format.sample_rate
+        seen = self.samples_in - now * rate
+        anchor = self._echo_anchor
+        if anchor is not None:
+            seen = max(seen, anchor - 0.02 * rate * max(now - self._echo_seen_at, 0.0))
+        self._echo_anchor, self._echo_seen_at = seen, now
+        return seen + now * rate
 
     def _reply_played(self, reply: _Reply) -> None:
         name = f"reply-{reply.seq}"

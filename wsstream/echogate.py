@@ -1,54 +1,61 @@
-"""Is what the microphone hears our own reply coming back? A reference-based echo gate.
+"""Is someone talking over our own reply, or is it only the reply coming back? A reference echo gate.
 
 When the client has no echo canceller (a speakerphone, a browser with its audio
 processing off), the reply we send leaks back into the microphone and the VAD
-calls it speech. The server knows exactly what it played and when, so instead of
-trusting the VAD alone, barge-in asks this gate whether the speech since the
-onset is explained by that echo.
+calls it speech. The server knows exactly what it played and when, so barge-in
+asks this gate whether the microphone holds energy the echo of that reply cannot
+explain: a talker of its own.
 
-Sans-I/O and one timeline: both the microphone and the reference (the reply as it
-plays) are positioned in samples of the input, at the input rate. Feeding it only
-copies samples into two bounded rings; all analysis happens when ``echo_only`` is
-asked, over a couple of seconds of history, so a stream that never barges in pays
-for buffering alone.
+Why energy, not a waveform canceller: between the reply we send and the echo we
+hear lie a network, a jitter buffer, a loudspeaker and a room, and the delay
+drifts (clocks, late packets, a loaded client) by milliseconds within a second. A
+per-bin complex fit (what a canceller subtracts) fails as soon as the delay moves
+by a fraction of a period, and then calls the leftover a talker; band energies
+over 16 ms frames do not care. The question is also easier than cancelling:
+nothing has to be subtracted for a listener, only "is there more than the echo?".
 
-The method, per question (numpy, vectorised over frames and bins):
+Sans-I/O and one timeline: microphone and reference (the reply as it plays) are
+positioned in samples of the input, at the input rate. Feeding copies samples
+into two bounded rings; the band energies of a frame are computed the first time a
+question needs them and kept, so a stream that never barges in pays for copies
+alone, and one that does pays for each frame once.
 
-1. Frame microphone and reference (32 ms Hann frames, 16 ms hop, on one absolute
-   grid) and take their spectra; above 8 kHz nothing is used, so any input rate
-   works without a resampler.
-2. The echo delay: the lag (0..max_delay, in hops) whose reference band-energy
-   envelope best correlates with the microphone's, then refined to the sample by
-   a phase-transform cross-correlation (GCC-PHAT) of the frames at that lag. Both
-   survive band-limiting, μ-law and attenuation, which change levels, not timing.
-3. The echo path: one complex gain per frequency bin, fitted by least squares over
-   all frames of the span (the user's speech, uncorrelated with the reference, does
-   not bias it), and subtracted: what is left is the room plus any talker.
-4. What "left over" may hold without a talker: the room's noise per bin (a low
-   percentile of the residual over the span), a leak proportional to the echo (the
-   part of a real echo path a per-bin gain cannot model; measured on the frames
-   before the onset, never below ``leak_db``), and quantisation noise (μ-law).
-5. A frame is someone talking when its residual is, averaged over bins, well above
-   that; the stretch is echo only when fewer than ``talk_frames`` frames are.
+Per question (numpy, vectorised over frames, bands and lags), over the last
+``window_ms`` of input:
 
-Limits (measured by tests/test_echogate.py and benchmarks/echo_gate.py): a talker
-is seen down to about ``leak_db`` below the echo per bin; where the echo path is not
-a delay and a filter (a reverberant room, a distorting loudspeaker) the leak grows,
-and so the softest talker that still counts grows with it.
+1. Band energies of microphone and reference frames (third-octave bands up to 8
+   kHz, or the input's Nyquist: any rate, no resampler).
+2. The echo delay: the lag (``min_delay_ms``..``max_delay_ms``, in frames) at
+   which the reference's compressed band envelopes correlate best with the
+   microphone's; near the one learned last, while that one still fits. Each
+   frame then takes the lag within ``track_ms`` of it that fits best around that
+   frame: the delay moves within a call (a client that ran dry plays on later).
+3. The echo path: per band, the median ratio of microphone to reference energy
+   over the frames where the reference is loud (a talker in a minority of the
+   frames does not move it), capped by the path learned from stretches of echo
+   alone. How well it fits (the ratio's spread in dB) is a double-talk detector
+   of its own: an echo alone spreads 1-4 dB; beyond ``poor_fit_db`` the
+   reference does not explain the microphone, and the fit is not the echo's.
+4. The echo each frame may hold: that path times the reference's largest energy
+   within ``jitter_ms`` of the delay, and its decaying tail (a room's
+   reverberation), plus the room's noise per band (a low percentile).
+5. A frame is someone talking when the energy above ``margin_db`` over that
+   prediction is, over all bands, more than ``talk_ratio`` of the prediction.
+
+Runs of talking frames, bridged over gaps shorter than ``bridge_ms`` (the pauses
+inside a sentence), are the talker's speech: the core interrupts once the run
+reaching the present has lasted ``interrupt_ms``, as it would without echo.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
-_FLOOR = 1e-12  # power floor (float scale, per bin): far under any int16 signal
-_NOISE_QUANTILE = 0.2  # the residual's low percentile per bin taken as the room's noise ...
-_NOISE_SCALE = 1.0 / 0.223  # ... scaled to the mean (an exponential's 20th percentile is 0.223 of its mean)
-_DELAY_BANDS_HZ = (250.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)  # where any phone passes the echo
-_DELAY_TOP_HZ = 4000.0  # the delay is looked for in the band every phone passes
-_SURE_PEAK = 0.15  # a delay is remembered when about this fraction of bins agree on it (no echo: < 0.05)
+_FLOOR = 1e-10  # energy floor per band (float scale): far under any int16 signal
+_BAND_EDGES_HZ = tuple(100.0 * 2 ** (k / 3) for k in range(20))  # third octaves, 100 Hz .. 6.3 kHz ...
+_TOP_HZ = 8000.0  # ... up to 8 kHz (or Nyquist)
+_NOISE_QUANTILE = 0.1  # a band's room noise: this percentile of its energy over the history held
+_ACTIVE = 1e-3  # a reference frame takes part in the path's fit when this close to its band's loudest
 
 
 class _Ring:
@@ -91,8 +98,8 @@ class _Ring:
             self.buf[:n - first] = samples[first:]
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Samples [start, end) as float32 in -1..1; what is not held is zero."""
-        out = np.zeros(end - start, dtype=np.float32)
+        """Samples [start, end) as float64 in -1..1; what is not held is zero."""
+        out = np.zeros(end - start, dtype=np.float64)
         a, b = max(start, self.lo), min(end, self.hi)
         if a < b:
             i = a % self.capacity
@@ -101,76 +108,108 @@ class _Ring:
             out[a - start:a - start + first] = self.buf[i:i + first]
             if first < n:
                 out[a - start + first:b - start] = self.buf[:n - first]
-            out *= np.float32(1.0 / 32768.0)
+            out *= 1.0 / 32768.0
         return out
 
 
-def _as_int16(samples: np.ndarray) -> np.ndarray:
-    samples = np.asarray(samples)
-    if samples.dtype == np.int16:
-        return samples.reshape(-1)
-    if np.issubdtype(samples.dtype, np.floating):
-        return (np.clip(samples.reshape(-1), -1.0, 1.0) * 32767.0).astype(np.int16)
-    raise TypeError(f"audio must be int16 or float, got {samples.dtype}")
+class _Bands:
+    """Band energies of one ring's frames on the absolute frame grid, computed once and kept."""
+
+    __slots__ = ("first", "gate", "ring", "rows")
+
+    def __init__(self, gate: EchoGate, ring: _Ring) -> None:
+        self.gate, self.ring = gate, ring
+        self.first = 0  # frame index of rows[0]
+        self.rows = np.zeros((0, gate.bands), dtype=np.float64)
+
+    def get(self, first: int, last: int) -> np.ndarray:
+        """Energies of frames first..last-1 (frames beyond what is written must not be asked for)."""
+        have_lo, have_hi = self.first, self.first + len(self.rows)
+        if first < have_lo or first > have_hi:  # not contiguous with what is kept: start over
+            self.first, self.rows = first, self.gate._energies(self.ring, first, last)
+        elif last > have_hi:
+            self.rows = np.concatenate([self.rows, self.gate._energies(self.ring, have_hi, last)])
+        keep = self.gate._keep_frames
+        if len(self.rows) > keep:  # bounded: older frames than any question looks at are dropped
+            drop = min(len(self.rows) - keep, first - self.first)
+            if drop > 0:
+                self.rows = self.rows[drop:]
+                self.first += drop
+        i = first - self.first
+        return self.rows[i:i + last - first]
 
 
 class EchoGate:
-    """Is what the microphone hears our own reply coming back? One per stream."""
+    """Is someone talking over the reply's echo? One per stream."""
 
-    def __init__(self, rate: int, *, max_delay_ms: float = 400.0, history_s: float = 3.0,
-                 context_ms: float = 1000.0, max_ahead_s: float = 2.0, frame_ms: float = 32.0,
-                 leak_db: float = -25.0, max_leak_db: float = -6.0, quantisation_db: float = -28.0,
-                 talk_ratio_db: float = 5.0, talk_frames: int = 3, taps: int = 1,
-                 bin_cap_db: float = 10.0, top_hz: float = 8000.0) -> None:
-        """``max_delay_ms``: the longest echo delay looked for. ``history_s``: microphone kept (the
-        reference keeps that plus the delay plus ``max_ahead_s`` of not-yet-played audio).
-        ``context_ms``: audio before the onset that the echo path is learned from. ``leak_db``: the
-        least echo left after subtraction that is still taken as echo (per bin); ``max_leak_db`` caps
-        what the context may raise it to. ``quantisation_db``: noise relative to the echo's power
-        spread over all bins (μ-law's is about -38 dB). ``talk_ratio_db``: how far a frame's residual
-        must exceed all that to be someone talking; ``talk_frames``: how many such frames make a
-        talker."""
+    def __init__(self, rate: int, *, max_delay_ms: float = 600.0, min_delay_ms: float = -48.0, history_s: float = 3.0,
+                 window_ms: float = 1500.0, max_ahead_s: float = 2.0, hop_ms: float = 16.0,
+                 jitter_ms: float = 32.0, tail_ms: float = 96.0, tail_db_per_frame: float = 3.0,
+                 margin_db: float = 3.0, talk_ratio: float = 1.0, bridge_ms: float = 250.0,
+                 min_run_frames: int = 3, path_quantile: float = 0.5, growth_db: float = 3.0,
+                 learn_spread_db: float = 3.5, poor_fit_db: float = 5.0, keep_score: float = 0.8,
+                 track_ms: float = 64.0, local_ms: float = 200.0, recent_s: float = 2.0) -> None:
+        """``max_delay_ms``: the longest echo delay looked for (network and device included).
+        ``history_s``: microphone kept; ``window_ms``: what one question looks at (a longer one is more
+        exposed to the delay's drift). ``jitter_ms``: how far the delay may wander within the window;
+        ``tail_ms`` / ``tail_db_per_frame``: the reverberant tail an echo may carry after the sound that
+        made it. ``margin_db`` / ``talk_ratio``: how much more than the predicted echo, and how much of
+        it, makes a frame someone talking. ``bridge_ms``: gaps in a talker's frames that still count as
+        one run; ``min_run_frames``: fewer talking frames than this are a click, not a talker."""
         if rate < 4000:
             raise ValueError(f"rate must be at least 4000 Hz, got {rate}")
         if not 0 < max_delay_ms <= 2000:
             raise ValueError("max_delay_ms must be in (0, 2000]")
         self.rate = rate
-        self.max_delay = int(round(max_delay_ms * rate / 1000))
-        frame = int(round(frame_ms * rate / 1000)) // 2 * 2
-        self._frame = frame
-        self._hop = frame // 2
-        # periodic Hann (flat sum at half overlap); float64, which numpy FFTs 4x faster than float32
-        self._window = np.hanning(frame + 1)[:frame]
-        self._lags = -(-self.max_delay // self._hop)  # hops of delay searched
-        self._context = int(round(context_ms * rate / 1000))
+        hop = self._hop = int(round(hop_ms * rate / 1000))
+        frame = self._frame = 2 * hop
+        self._window = np.hanning(frame + 1)[:frame]  # periodic Hann: flat sum at half overlap
         freqs = np.fft.rfftfreq(frame, 1.0 / rate)
-        self._bins = int(np.searchsorted(freqs, min(top_hz, rate / 2), side="right"))
-        self._delay_bins = int(np.searchsorted(freqs, min(_DELAY_TOP_HZ, rate / 2), side="right"))
-        edges = [e for e in _DELAY_BANDS_HZ if e < rate / 2]
-        bands = np.zeros((self._bins, max(len(edges) - 1, 1)), dtype=np.float32)
-        for b in range(len(edges) - 1):
-            bands[(freqs[:self._bins] >= edges[b]) & (freqs[:self._bins] < edges[b + 1]), b] = 1.0
-        self._bands = bands
-        self._leak = 10.0 ** (leak_db / 10)
-        self._max_leak = 10.0 ** (max_leak_db / 10)
-        self._quant = 10.0 ** (quantisation_db / 10) / self._bins
-        self._talk_ratio = 10.0 ** (talk_ratio_db / 10)
-        self._talk_frames = talk_frames
-        self._taps = taps
-        self._bin_cap = 10.0 ** (bin_cap_db / 10)
+        top = min(_TOP_HZ, rate / 2)
+        edges = [e for e in _BAND_EDGES_HZ if e < top] + [top]
+        self.bands = len(edges) - 1
+        matrix = np.zeros((freqs.size, self.bands))
+        for b in range(self.bands):
+            matrix[(freqs >= edges[b]) & (freqs < edges[b + 1]), b] = 1.0
+        self._matrix = matrix
+        self._lags = int(np.ceil(max_delay_ms * rate / 1000 / hop))  # frames of delay searched, at most ...
+        self._lag_lo = min(int(np.floor(min_delay_ms * rate / 1000 / hop)), 0)  # ... and at least
+        self.max_delay = self._lags * hop
+        self._window_frames = max(int(round(window_ms * rate / 1000 / hop)), 8)
+        self._jitter = int(round(jitter_ms * rate / 1000 / hop))
+        tail = int(round(tail_ms * rate / 1000 / hop))
+        # the smear: the echo at frame t may hold reference frames t-D-tail .. t-D+jitter (weights per offset)
+        self._smear = np.concatenate([np.ones(2 * self._jitter + 1),
+                                      10.0 ** (-tail_db_per_frame * np.arange(1, tail + 1) / 10)])
+        self._margin = 10.0 ** (margin_db / 10)
+        self._talk_ratio = talk_ratio
+        self._bridge = max(int(round(bridge_ms * rate / 1000 / hop)), 1)
+        self._min_run = min_run_frames
+        self._path_quantile = path_quantile
+        self._growth = 10.0 ** (growth_db / 10)
+        self._learn_spread = learn_spread_db
+        self._poor_fit = poor_fit_db
+        self._keep_score = keep_score
+        self._track = int(round(track_ms * rate / 1000 / hop))
+        self._local = max(int(round(local_ms * rate / 1000 / hop)), 1)
+        self._memory: tuple[int, np.ndarray, int] | None = None  # (lag, path, when) learned from echo alone
+        self._recent = int(recent_s * rate)  # a path learned this recently: only lags near its are searched
         history = int(history_s * rate)
         self._mic = _Ring(history)
         self._ref = _Ring(history + self.max_delay + int(max_ahead_s * rate))
-        self._played: deque[list[int]] = deque()  # [start, end) stretches of reference, merged when they touch
-        self._known: tuple[int, float] | None = None  # (delay, its GCC peak) when last searched
-        self.delay: int | None = None  # the echo delay (samples) found by the last question, for diagnostics
+        self._keep_frames = (history + self.max_delay) // hop + 2 * len(self._smear) + 4
+        self._mic_bands = _Bands(self, self._mic)
+        self._ref_bands = _Bands(self, self._ref)
+        self._played: list[list[int]] = []  # [start, end) stretches of reference, merged when they touch
+        self.delay: int | None = None  # the echo delay (samples) of the last answer, for diagnostics
 
     # ---- feeding: copies only --------------------------------------------------------------
 
     def reference(self, samples: np.ndarray, start: int) -> None:
-        """Reply audio as it is played: int16 or float32 mono at ``rate``, whose first sample plays at
-        input position ``start`` (positions may jump forward; played stretches never overlap)."""
-        pcm = _as_int16(samples)
+        """Reply audio as it plays: int16 mono at ``rate`` whose first sample plays at input position
+        ``start``. A stretch may begin before the last one ended (the caller re-anchored its timing): the
+        later audio replaces the earlier from there on."""
+        pcm = np.asarray(samples, dtype=np.int16).reshape(-1)
         if pcm.size == 0:
             return
         self._ref.write(pcm, start)
@@ -181,17 +220,17 @@ class EchoGate:
         else:
             played.append([start, end])
         while played and played[0][1] <= self._ref.lo:
-            played.popleft()
+            played.pop(0)
 
     def microphone(self, samples: np.ndarray, start: int) -> None:
         """Input audio at ``rate`` from input position ``start`` (contiguous with the last call)."""
-        pcm = _as_int16(samples)
+        pcm = np.asarray(samples, dtype=np.int16).reshape(-1)
         if pcm.size:
             self._mic.write(pcm, start)
 
     @property
     def active(self) -> bool:
-        """Any reference audio within max_delay of the latest input: its echo may still be coming."""
+        """Reference audio within ``max_delay`` of the latest input: its echo may still be coming."""
         now = self._mic.hi
         return any(s < now and e > now - self.max_delay for s, e in self._played)
 
@@ -200,151 +239,162 @@ class EchoGate:
 
     # ---- the question ----------------------------------------------------------------------
 
-    def echo_only(self, start: int, end: int) -> bool:
-        """True when the input between positions ``start`` and ``end`` (already given to ``microphone``)
-        is explained by the echo of the reference alone (no talker of its own); False when someone is
-        talking over it, or there was no reference playing then."""
-        verdict = self.analyse(start, end)
-        return verdict is not None and verdict.talk_frames < self._talk_frames
-
-    def analyse(self, start: int, end: int) -> _Verdict | None:
-        """The evidence behind ``echo_only``: None when there is nothing to judge (no reference playing
-        then, or less than a frame of input held)."""
+    def analyse(self, start: int, end: int) -> Verdict | None:
+        """What the input between positions ``start`` and ``end`` (given to ``microphone``) holds beyond
+        the echo. None when there is nothing to judge: no reference could be echoing then (every sound is
+        the user's), or less than a frame of input."""
         hop, frame = self._hop, self._frame
         end = min(end, self._mic.hi)
-        start = max(start, self._mic.lo)
-        if end - start < frame or not self._playing(start - self.max_delay, end):
+        if end - max(start, self._mic.lo) < frame or not self._playing(start - self.max_delay, end):
             return None
-        first = -(-max(start - self._context, self._mic.lo) // hop)  # frame indices on the absolute grid
-        last = (end - frame) // hop
-        n = last - first + 1
-        if n < 1:
+        last = (end - frame) // hop + 1  # frames first..last-1 end by ``end`` (frame k starts at k * hop)
+        first = max(last - self._window_frames, -(-self._mic.lo // hop))
+        span = max(-(-start // hop), first)  # the first frame of the question's own stretch
+        n = last - first
+        if n < 4 or span >= last:
             return None
-        origin = first * hop
-        mic = self._spectra(self._mic.read(origin, last * hop + frame), n)
-        # The echo delay: the last one found while it still fits (a cheap check), else a full search.
-        taps = self._taps
-        ref = None
-        known = self._known
-        if known is not None:
-            ref = self._ref_frames(origin, last, known[0])
-            peak, shift = self._fit(mic, ref[taps:taps + n])
-            if abs(shift) > 2 or peak < 0.5 * known[1]:
-                ref = None
-        if ref is None:
-            lags = self._lags
-            ref_wide = self._spectra(self._ref.read(origin - lags * hop, last * hop + frame), n + lags)
-            delay, peak = self._delay(mic, ref_wide)
-            self._known = (delay, peak) if peak >= _SURE_PEAK else None  # (kept only when the echo was clear)
-            ref = self._ref_frames(origin, last, delay)
-        else:
-            delay = self._known[0]
+        mic = self._mic_bands.get(first, last)
+        lag_lo, lag_hi, smear = self._lag_lo, self._lags, self._smear
+        pre, post = len(smear) - 1 - self._jitter, self._jitter  # reference frames before / after the delay
+        # ref[k] is frame (origin + k). Frames from ``last`` on may still be written (a reply sent later plays
+        # from the input's present on), so they are computed each time, never kept.
+        origin = first - lag_hi - pre
+        ref = self._ref_bands.get(origin, last)
+        ahead = post - lag_lo
+        if ahead > 0:
+            ref = np.concatenate([ref, self._energies(self._ref, last, last + ahead)])
+        held = self._mic_bands.get(max(self._mic_bands.first, last - self._keep_frames), last)
+        low = int(_NOISE_QUANTILE * (len(held) - 1))
+        noise = np.partition(held, low, axis=0)[low] + _FLOOR
+        n_lags = lag_hi - lag_lo + 1
+        memory = self._memory
+        j0, j1 = 0, n_lags  # the lags searched: all of them, or (with a recent path learned) those near it
+        if memory is not None and end - memory[2] < self._recent:
+            mj = lag_hi - memory[0]
+            j0, j1 = max(mj - self._track - 1, 0), min(mj + self._track + 1, n_lags - 1) + 1
+        ref_wide = ref[pre + j0:pre + j1 - 1 + n]
+        contrib = np.zeros((n_lags, n))
+        contrib[j0:j1] = self._scores(mic, ref_wide, noise)  # [j, t]: a lag of (lag_hi - j) frames
+        scores = np.where(np.arange(n_lags) >= j0, contrib.sum(axis=1), -np.inf)
+        scores[j1:] = -np.inf
+        j = int(np.argmax(scores))
+        if memory is not None:  # the delay of a call drifts, it does not jump: the last one, while it fits
+            mj = lag_hi - memory[0]
+            near = np.arange(max(mj - 1, 0), min(mj + 1, n_lags - 1) + 1)
+            k = int(near[np.argmax(scores[near])])
+            if scores[k] >= self._keep_score * scores[j]:
+                j = k
+        self.delay = (lag_hi - j) * hop
+        # Within the window the delay may still move (a client that ran dry plays the rest late): each frame
+        # takes the lag within ``track`` of that one that fits best around it (its neighbours' evidence).
+        lo_j, hi_j = max(j - self._track, 0), min(j + self._track, n_lags - 1) + 1
+        k = self._local
+        local = np.cumsum(np.pad(contrib[lo_j:hi_j], ((0, 0), (k + 1, k))), axis=1)
+        local = local[:, 2 * k + 1:] - local[:, :-2 * k - 1]  # the sum over frames t-k..t+k, per lag
+        frame_lag = lag_hi - (lo_j + np.argmax(local, axis=0))  # [n]
+        # each frame's reference at its delay: mic frame t is frame first + t, its echo frame first + t - lag
+        base = np.arange(n) + lag_hi + pre - frame_lag
+        aligned = ref[base]
+        fitted, spread = self._path(mic, aligned, noise)
+        # a talker over the echo inflates the fit; the path learned from echo alone caps it (while the echo
+        # path itself may grow by ``growth_db`` from one answer to the next)
+        path = fitted if memory is None else np.minimum(fitted, memory[1] * self._growth)
+        if spread > self._poor_fit:  # the reference does not explain what the microphone hears: a talker
+            path = np.zeros_like(fitted) if memory is None else memory[1]  # (the fit is theirs, not the echo's)
+        # the smeared reference: for each mic frame, the largest weighted frame from -pre to +post around it
+        around = ref[base[:, None] + np.arange(-pre, post + 1)[None, :]]  # [n, offsets, bands]
+        smeared = (around * smear[::-1][None, :, None]).max(axis=1)
+        expected = smeared * path + noise
+        excess = np.maximum(mic - self._margin * expected, 0.0).sum(axis=1)
+        talking = excess > self._talk_ratio * expected.sum(axis=1)
+        flags = talking[span - first:]
+        if not talking.any() and spread <= self._learn_spread:
+            self._memory = (lag_hi - j, fitted, end)  # echo alone, well explained: what the path is
+        return Verdict(flags, span * hop, hop, self.delay, self._bridge, self._min_run)
+
+    def _energies(self, ring: _Ring, first: int, last: int) -> np.ndarray:
+        """Band energies of frames first..last-1 of ``ring``'s timeline."""
+        if last <= first:
+            return np.zeros((0, self.bands))
+        hop, frame = self._hop, self._frame
+        samples = ring.read(first * hop, (last - 1) * hop + frame)
+        frames = np.lib.stride_tricks.sliding_window_view(samples, frame)[::hop]
+        spec = np.fft.rfft(frames * self._window, axis=1)
+        return (spec.real ** 2 + spec.imag ** 2) @ self._matrix
+
+    def _scores(self, mic: np.ndarray, ref_wide: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """How well the reference's band envelopes follow the microphone's at each lag, frame by frame:
+        each frame's share of the normalised correlation of cube-root energies, summed over the bands.
+        Row j is a lag of (lags - j) frames; a row's sum is that lag's score over the window."""
+        n = mic.shape[0]
+        m = np.cbrt(np.maximum(mic - noise, 0.0)).T  # [bands, n]
+        m -= m.mean(axis=1, keepdims=True)
+        r = np.cbrt(ref_wide.T)  # [bands, n + lags]
+        views = np.lib.stride_tricks.sliding_window_view(r, n, axis=1).transpose(1, 0, 2)  # [lags+1, bands, n]
+        r_sum = views.sum(axis=2)
+        r_var = (views * views).sum(axis=2) - r_sum * r_sum / n
+        weight = 1.0 / np.sqrt(r_var * (m * m).sum(axis=1) + 1e-30)  # [lags + 1, bands]
+        # (m's mean is zero, so r's mean needs no correction in the products)
+        return np.einsum("jbt,bt,jb->jt", views, m, weight)
+
+    def _path(self, mic: np.ndarray, aligned: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per band, the echo's share of the reference's energy: the ``path_quantile`` of the ratio over
+        the frames where the reference is loud (a talker only adds energy: most frames would have to hold
+        one to move the median). A band the reference never fills has none. And how well it fits: the
+        median deviation of the ratio in dB over the cells well above the room's noise (an echo alone:
+        1-4 dB; a talker the reference does not explain: 5-9)."""
+        loud = aligned > _ACTIVE * aligned.max(axis=0, keepdims=True) + _FLOOR
+        ratio = np.maximum(mic - noise, 0.0) / (aligned + _FLOOR)
+        path = _column_quantile(ratio, loud, self._path_quantile, least=4)
+        heard = loud & (mic > 4 * noise)
+        spread = np.inf
+        if heard.sum() >= 8:
+            db = 10 * np.log10(ratio + 1e-30)
+            centre = _column_quantile(db, heard, 0.5, least=1)
+            spread = float(np.median(np.abs(db - centre)[heard]))
+        return path, spread
+
+
+def _column_quantile(values: np.ndarray, mask: np.ndarray, q: float, least: int) -> np.ndarray:
+    """Per column, the ``q`` quantile (lower) of the values where ``mask``; 0 for a column with fewer than
+    ``least`` of them. (np.nanquantile does this a column at a time, many times slower.)"""
+    ordered = np.sort(np.where(mask, values, np.inf), axis=0)
+    count = mask.sum(axis=0)
+    pick = np.take_along_axis(ordered, (np.maximum(count - 1, 0) * q).astype(np.intp)[None, :], axis=0)[0]
+    return np.where(count >= least, pick, 0.0)
+
+
+class Verdict:
+    """One answer of the gate: which frames of the question's stretch hold a talker of their own."""
+
+    __slots__ = ("bridge", "delay", "flags", "hop", "min_run", "start")
+
+    def __init__(self, flags: np.ndarray, start: int, hop: int, delay: int, bridge: int, min_run: int) -> None:
+        self.flags = flags  # per frame from ``start``, hop apart: energy the echo does not explain
+        self.start = start
+        self.hop = hop
         self.delay = delay
-        # The echo path: per bin, a few complex taps on the reference frames around the delay (the
-        # frame before and after absorb a phone filter's or a room's smearing), fitted by least squares.
-        width = 2 * taps + 1
-        x = [ref[t:t + n] for t in range(width)]  # tap t: the reference (taps - t) hops later than the delay
-        xc = [v.conj() for v in x]
-        gram = np.empty((self._bins, width, width), dtype=ref.dtype)
-        for t in range(width):
-            for u in range(t, width):
-                gram[:, t, u] = (xc[t] * x[u]).sum(axis=0)
-                gram[:, u, t] = gram[:, t, u].conj()
-        rhs = np.stack([(v * mic).sum(axis=0) for v in xc], axis=1)
-        ridge = 1e-6 * np.trace(gram, axis1=1, axis2=2).real / width + _FLOOR
-        path = np.linalg.solve(gram + ridge[:, None, None] * np.eye(width, dtype=gram.dtype), rhs[..., None])[..., 0]
-        echo = x[0] * path[:, 0]
-        for t in range(1, width):
-            echo += x[t] * path[:, t]
-        residual = mic - echo
-        res_power = residual.real ** 2 + residual.imag ** 2
-        echo_power = echo.real ** 2 + echo.imag ** 2
-        low = min(int(n * _NOISE_QUANTILE), n - 1)
-        noise = np.partition(res_power, low, axis=0)[low] * _NOISE_SCALE + _FLOOR
-        echo_total = echo_power.sum(axis=1)
-        tested = (np.arange(first, last + 1) * hop + frame // 2) >= start
-        leak = self._learned_leak(res_power, echo_power, noise, ~tested)
-        expected = noise + leak * echo_power + (self._quant * echo_total)[:, None]
-        per_bin = np.minimum(res_power[tested] / expected[tested], self._bin_cap)
-        self._debug = per_bin
-        ratio = per_bin.mean(axis=1)
-        talking = int((ratio > self._talk_ratio).sum())
-        return _Verdict(talk_frames=talking, frames=int(tested.sum()), delay=delay, leak=leak,
-                        ratio=ratio)
+        self.bridge = bridge
+        self.min_run = min_run
 
-    def _spectra(self, samples: np.ndarray, n: int) -> np.ndarray:
-        frames = np.lib.stride_tricks.sliding_window_view(samples, self._frame)[::self._hop][:n]
-        return np.fft.rfft(frames * self._window, axis=1)[:, :self._bins]
+    @property
+    def talk_frames(self) -> int:
+        return int(self.flags.sum())
 
-    def _ref_frames(self, origin: int, last: int, delay: int) -> np.ndarray:
-        """Reference spectra on the microphone's frames, ``delay`` earlier, ``taps`` extra frames each side."""
-        hop, pad = self._hop, self._taps * self._hop
-        n = (last * hop - origin) // hop + 1 + 2 * self._taps
-        return self._spectra(self._ref.read(origin - delay - pad, last * hop + self._frame - delay + pad), n)
+    @property
+    def heard(self) -> bool:
+        """Anyone at all besides the echo (a click of fewer than ``min_run`` frames is not anyone)."""
+        return self.talk_frames >= self.min_run
 
-    def _weighted_cross(self, cross: np.ndarray, pm: np.ndarray, pr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GCC with coherence weights (SCOT): [..., bins] cross-spectra to (peak value, shift in samples)
-        within a hop either way; a band the phone cuts off is incoherent and adds no noise."""
-        hop = self._hop
-        weighted = cross / (np.sqrt(pm * pr) + _FLOOR)
-        shifts = np.r_[0:hop + 1, -hop:0]
-        xc = np.fft.irfft(weighted, self._frame, axis=-1)[..., shifts % self._frame]  # (zero-padded: 1-sample steps)
-        k = np.argmax(xc, axis=-1)
-        peak = np.take_along_axis(xc, k[..., None], axis=-1)[..., 0] * (self._frame / (2 * (self._delay_bins - 1)))
-        return peak, shifts[k]  # (peak: about the fraction of coherent bins, whatever the rate)
-
-    def _fit(self, mic: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
-        """How well a known delay still fits: its GCC peak and where (in samples) the peak now lies."""
-        kd = self._delay_bins
-        mic, ref = mic[:, :kd], ref[:, :kd]
-        cross = (mic * ref.conj()).sum(axis=0)
-        pm = (mic.real ** 2 + mic.imag ** 2).sum(axis=0)
-        pr = (ref.real ** 2 + ref.imag ** 2).sum(axis=0)
-        peak, shift = self._weighted_cross(cross, pm, pr)
-        return float(peak), int(shift)
-
-    def _delay(self, mic: np.ndarray, ref_wide: np.ndarray) -> tuple[int, float]:
-        """The echo delay in samples and its GCC peak: the frames' cross-spectra at every whole-hop lag
-        (one FFT along the frame axis), each refined within a hop by its bins' phases. Only the band
-        every phone passes (up to 4 kHz) is used."""
-        n, lags, hop = mic.shape[0], self._lags, self._hop
-        kd = self._delay_bins
-        mic, ref_wide = mic[:, :kd], ref_wide[:, :kd]
-        size = 1 << (n + lags - 1).bit_length()
-        # cross[j, k] = sum_f mic[f, k] * conj(ref_wide[f + j, k]): a lag of (lags - j) hops
-        spec_m = np.fft.fft(mic, size, axis=0)
-        spec_r = np.fft.fft(ref_wide, size, axis=0)
-        cross = np.fft.ifft(spec_m.conj() * spec_r, axis=0)[:lags + 1].conj()
-        pm = (mic.real ** 2 + mic.imag ** 2).sum(axis=0)
-        pr = ref_wide.real ** 2 + ref_wide.imag ** 2
-        csum = np.zeros((n + lags + 1, kd))
-        np.cumsum(pr, axis=0, out=csum[1:])
-        pr_lag = csum[n:n + lags + 1] - csum[:lags + 1]  # the reference's power over the frames of each lag
-        peaks, shifts = self._weighted_cross(cross, pm, pr_lag)
-        j = int(np.argmax(peaks))
-        delay = (lags - j) * hop + int(shifts[j])
-        return int(min(max(delay, 0), self.max_delay)), float(peaks[j])
-
-    def _learned_leak(self, res_power: np.ndarray, echo_power: np.ndarray, noise: np.ndarray,
-                      context: np.ndarray) -> np.ndarray:
-        """Per bin, how much echo the subtraction leaves (a fraction of its power), from the frames
-        before the onset where the echo stands well above the room; never below the least leak."""
-        loud = context[:, None] & (echo_power > 10.0 * noise)
-        counted = loud.sum(axis=0)
-        left = (np.maximum(res_power - noise, 0.0) * loud).sum(axis=0)
-        leak = left / ((echo_power * loud).sum(axis=0) + _FLOOR)
-        leak = np.where(counted >= 5, leak, self._leak)
-        return np.clip(leak, self._leak, self._max_leak)
-
-
-class _Verdict:
-    """What ``analyse`` found: frames judged, frames with a talker, the delay, the leak, per-frame ratios."""
-
-    __slots__ = ("delay", "frames", "leak", "ratio", "talk_frames")
-
-    def __init__(self, *, talk_frames: int, frames: int, delay: int, leak: float, ratio: np.ndarray) -> None:
-        self.talk_frames = talk_frames
-        self.frames = frames
-        self.delay = delay
-        self.leak = leak
-        self.ratio = ratio
+    def run_start(self) -> int | None:
+        """Where the talker's current run began (input position): talking frames bridged over gaps
+        shorter than ``bridge``, the last one within ``bridge`` of the end; None when nobody is talking
+        now."""
+        idx = np.flatnonzero(self.flags)
+        if idx.size < self.min_run or self.flags.size - 1 - idx[-1] > self.bridge:
+            return None
+        gaps = np.flatnonzero(np.diff(idx) > self.bridge)
+        first = idx[gaps[-1] + 1] if gaps.size else idx[0]
+        if idx.size - (np.searchsorted(idx, first)) < self.min_run:
+            return None
+        return self.start + int(first) * self.hop
