@@ -117,7 +117,7 @@ CATALOGUE: dict[str, Spec] = {
     "interruptions": _counter("Replies stopped by the user speaking over them (barge-in)."),
     "backchannels": _counter("Speech over a reply too short to interrupt it (heard, not answered)."),
     "echo_turns": _counter("Speech over a reply that the echo gate found to be the reply's own echo."),
-    "echo_checks_echo": _counter("Echo gate checks that found the speech over a reply to be its echo."),
+    "echo_checks": _counter("Times the echo gate was asked whether speech over a reply is its own echo."),
     "reply_errors": _counter("Reply functions that raised (the client gets an error message)."),
     "reply_timeouts": _counter("Replies stopped by a reply timeout (--first-chunk-timeout-s, --reply-timeout-s)."),
     "reply_audio_refused": _counter("Replies stopped because their audio was refused (a sample rate out of bounds, "
