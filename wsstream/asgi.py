@@ -45,7 +45,7 @@ from wsstream.dialects import DIALECTS, Dialect, ProtocolError
 from wsstream.events import Close, Error, OutEvent
 from wsstream.hub import Hub, StreamRefused
 from wsstream.runner import StreamRunner, read_message, write_message
-from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON, THROTTLE_MIN_S, cap_send_buffer
+from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON, THROTTLE_MIN_S, cap_send_buffer, peer_gone
 from wsstream.wsframes import close_reason
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class _Connection:
         loop = asyncio.get_running_loop()
         rate = self.hub.config.max_messages_per_s
         tokens, tokens_at, throttled = rate, loop.time(), False
+        transport = _transport(self.ws)
         try:
             while True:
                 if rate:  # the budget of messages, as on our transport: over it, wait (the server holds the socket)
@@ -110,6 +111,11 @@ class _Connection:
                         if not throttled:
                             throttled = True
                             self.hub.metrics.inc("reads_throttled")
+                        if transport is not None and peer_gone(transport):  # what it left must not run on
+                            self.gone = True
+                            stream.connection_lost()
+                            transport.abort()
+                            return
                         await asyncio.sleep(max(THROTTLE_MIN_S, (max(1.0, rate * THROTTLE_MIN_S) - tokens) / rate))
                         continue
                     tokens -= 1

@@ -387,16 +387,8 @@ class WsConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _peer_gone(self) -> bool:
-        """The client has closed its end (FIN or RST) while we were not reading it: the kernel's TCP state
-        says so before the bytes in front of its FIN are read. (False where that cannot be told.)"""
         assert self.transport is not None
-        sock = self.transport.get_extra_info("socket")
-        if sock is None or not hasattr(socket, "TCP_INFO"):
-            return False
-        try:
-            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
-        except (OSError, ValueError, IndexError):
-            return False
+        return peer_gone(self.transport)
 
     def _pause(self, events: list[InEvent]) -> None:
         """Inference is behind for this stream: stop reading (TCP pushes back) until it has room."""
@@ -564,6 +556,19 @@ class WsConnection(asyncio.Protocol):
             log.error("connection writer failed", exc_info=task.exception())
             self.close(1011, "internal error")
         self._maybe_done()
+
+
+def peer_gone(transport: asyncio.BaseTransport) -> bool:
+    """The client has closed its end (FIN or RST) while we were not reading it: the kernel's TCP state
+    says so before the bytes in front of it are read. (False where that cannot be told; and a FIN still
+    behind bytes the client's kernel holds, for want of room in ours, cannot be seen before they are read.)"""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "TCP_INFO") or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def cap_send_buffer(transport: asyncio.BaseTransport) -> None:
