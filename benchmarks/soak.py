@@ -482,7 +482,7 @@ def open_streams(port: int) -> float:
 def counters(text: str) -> dict[str, float]:
     """The counters worth quoting from the server's /metrics (summed over their labels)."""
     want = ("sessions", "protocol_errors", "write_stall_closes", "outbox_overflows", "sessions_rejected",
-            "input_waits", "bad_audio")
+            "input_waits", "bad_audio", "reads_throttled")
     out: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"^wsstream_(\w+?)(?:_total)?(?:\{[^}]*\})? ([\d.e+]+)$", line)

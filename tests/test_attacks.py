@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from wsclient import Conversation
 
 from wsstream.codecs import AudioFormat, encode
+from wsstream.config import StreamConfig
 from wsstream.echo import echo
 from wsstream.reply import ReplyOnPause, ReplyPool, ReplyThreadsBusy
 
@@ -232,6 +233,11 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
+    def reset(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0), as a killed process's socket may."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
 
 def speech(manifest: dict[str, Any], name: str, seconds: float) -> np.ndarray:
     """``seconds`` of one corpus file's speech with the gaps between its turns cut out: one long turn."""
@@ -291,7 +297,8 @@ async def test_a_client_that_never_reads_is_closed_then_dropped(make_server: Any
     after the write stall deadline the server closes it 1008 and, the close frame stuck behind what
     it did not read, aborts the TCP connection. A good stream alongside is answered in time."""
     stall_s = 1.0
-    server = await make_server(ReplyOnPause(fn=echo), write_stall_s=stall_s)
+    # (no budget of messages: its ~40,000 triggers a second fill the kernel's buffers, whatever their size)
+    server = await make_server(ReplyOnPause(fn=echo), write_stall_s=stall_s, max_messages_per_s=0)
     good = asyncio.create_task(good_turn(server.port, manifest))
     attacker = await RawClient.connect(server.port, rcvbuf=4096)
     try:
@@ -353,7 +360,9 @@ async def test_tiny_frames_cost_memory_in_proportion_to_the_audio(driver: str, m
     the server's memory grows with the audio (512 kB of it), not with the number of messages; the turn
     is answered with its whole echo, and a good stream alongside is answered in time. (The echo comes
     at once, --lead-ms; 15 s of it is 780 frames, within the ASGI driver's outbox of 1024.)"""
-    server = await asyncio.to_thread(ServerProcess, "--lead-ms", "600000", driver=driver)
+    # (no budget of messages: at its default the 256,000 frames would take minutes; the budget is tested below)
+    server = await asyncio.to_thread(ServerProcess, "--lead-ms", "600000", "--max-messages-per-s", "0",
+                                     driver=driver)
     try:
         await good_turn(server.port, manifest, realtime=False)  # (a first turn allocates what later ones reuse)
         before = peak_rss(server.proc.pid)
@@ -562,3 +571,102 @@ async def test_reply_audio_at_1_hz_is_refused_with_an_error_and_the_stream_goes_
     print(f"1 Hz chunk: worst ping {worst * 1000:.1f} ms; peak RSS grew {grown / 1e6:.1f} MB")
     assert worst < STALL_S, f"a ping waited {worst * 1000:.0f} ms for the loop"
     assert grown < 10e6, f"peak RSS grew {grown / 1e6:.1f} MB"
+
+
+# ---- issue 13: floods of tiny frames, slow readers on loopback ---------------------------------------
+
+BUDGET = 500.0  # frames per second per connection (half the default of max_messages_per_s: shorter tests)
+
+
+async def pong_after(client: RawClient, wait_s: float) -> float:
+    """Seconds until the server answers the client's {"event": "ping"} (sent now), skipping other frames."""
+    t0 = time.monotonic()
+    await client.send(client.text(json.dumps({"event": "ping"})))
+    while True:
+        opcode, payload = await asyncio.wait_for(client.recv(), wait_s)
+        if opcode == 0x1 and json.loads(payload).get("event") == "pong":
+            return time.monotonic() - t0
+
+
+async def test_a_flood_of_tiny_frames_goes_at_the_budget_and_good_streams_are_answered_in_time(
+        make_server: Any, manifest: dict) -> None:
+    """Eight clients each send 200,000 2-byte frames at once (what starved every stream before the budget):
+    a good stream alongside is answered in time, and each flooder is served at its budget, no faster:
+    a ping behind 2,000 of its frames is answered only once the bucket (500/s, as deep) has let them by."""
+    server = await make_server(ReplyOnPause(fn=echo), max_messages_per_s=BUDGET)
+    tiny = np.zeros((200_000, 2), np.uint8)
+    flooders = [await RawClient.connect(server.port) for _ in range(8)]
+    probe = await RawClient.connect(server.port)
+    floods = [asyncio.create_task(client.send(client.frames(tiny))) for client in flooders]
+    try:
+        await asyncio.sleep(0.5)
+        good = asyncio.create_task(good_turn(server.port, manifest))
+        await probe.send(probe.frames(np.zeros((2000, 2), np.uint8)))
+        took = await pong_after(probe, 15)
+        await good
+    finally:
+        for task in floods:
+            task.cancel()
+        await asyncio.gather(*floods, return_exceptions=True)
+        for client in [*flooders, probe]:
+            client.reset()  # (a FIN would wait behind what the server has yet to read)
+    assert (2000 - BUDGET) / BUDGET - 0.2 < took < 8, f"2,000 frames and a ping took {took:.2f} s"
+    assert server.metrics.counters["reads_throttled"] >= 9  # once for each flooder, once for the probe
+    await asyncio.wait_for(server.wait_idle(), 5)
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_a_flooder_that_leaves_is_dropped_and_what_it_left_unread_is_not_run(make_server: Any,
+                                                                                  how: str) -> None:
+    """A client sends 20,000 tiny frames (40 s of work at its budget) and leaves, with a FIN or a reset:
+    its stream ends within seconds, not once the server has run all it left unread."""
+    server = await make_server(ReplyOnPause(fn=echo), max_messages_per_s=BUDGET)
+    client = await RawClient.connect(server.port)
+    await client.send(client.frames(np.zeros((20_000, 2), np.uint8)))
+    await asyncio.sleep(1.0)
+    assert server.active == 1
+    assert server.metrics.counters["reads_throttled"] == 1
+    t0 = time.monotonic()
+    if how == "fin":
+        client.sock.shutdown(socket.SHUT_WR)
+    else:
+        client.reset()
+    await asyncio.wait_for(server.wait_idle(), 5)
+    client.close()
+    assert time.monotonic() - t0 < 3
+
+
+async def test_a_client_that_never_reads_its_replies_is_closed_within_the_write_stall(
+        make_server: Any, manifest: dict) -> None:
+    """A client with a 4 KB receive buffer sends a 15 s turn and reads nothing of its echo (480 kB, sent at
+    once): without a cap on the server socket's send buffer the kernel took it all (4 MB on loopback) and
+    the write stall never began. It is closed 1008 and dropped within write_stall_s and a few seconds;
+    a good stream alongside is answered in time."""
+    stall_s = 1.0
+    server = await make_server(ReplyOnPause(fn=echo), write_stall_s=stall_s,
+                               stream=StreamConfig(lead_ms=600000))
+    client = await RawClient.connect(server.port, rcvbuf=4096)
+    pcm = np.concatenate([speech(manifest, "dialog_03.flac", 15.0), np.zeros(16000, np.int16)])
+    good = asyncio.create_task(good_turn(server.port, manifest))
+    try:
+        frames = pcm[:pcm.size // 320 * 320].view(np.uint8).reshape(-1, 640)
+        for i in range(0, len(frames), 100):  # 2 s of audio every 0.25 s (400 frames/s, within the budget)
+            await client.send(client.frames(frames[i:i + 100]))
+            await asyncio.sleep(0.25)
+        t0 = time.monotonic()
+        silence = client.frames(np.zeros((1, 640), np.uint8))
+        dropped = False
+        try:
+            while time.monotonic() - t0 < 15:  # silence in real time (keepalive would not drop it)
+                await client.send(silence)
+                await asyncio.sleep(0.02)
+        except OSError:
+            dropped = True
+        took = time.monotonic() - t0
+    finally:
+        client.close()
+        await good
+    assert dropped, "the server kept a client that reads nothing"
+    assert took < 2 * stall_s + 4, f"dropped {took:.1f} s after its turn ended"
+    assert server.metrics.counters["write_stall_closes"] == 1
+    await asyncio.wait_for(server.wait_idle(), 5)

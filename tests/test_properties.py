@@ -719,12 +719,7 @@ def test_plivo_extra_headers_with_non_finite_numbers_start_the_call() -> None:
     assert start.context["customParameters"] == {"a": "nan", "b": "inf", "c": "[1, -inf]", "d": "x", "e": "2"}
 
 
-@pytest.mark.parametrize("driver", [
-    "native",
-    pytest.param("asgi", marks=pytest.mark.xfail(strict=True, reason=(
-        "wsstream/asgi.py cuts a close reason to 120 characters, not 123 bytes: 'é' * 100 in a field name "
-        "makes a reason the library cannot send, and the client sees 1006 (fix: wsframes.close_reason)"))),
-], indirect=True)
+@pytest.mark.parametrize("driver", ["native", "asgi"], indirect=True)
 async def test_a_fatal_error_quoting_wide_characters_still_closes_1003(make_server, driver: str) -> None:
     """Found by the close-reason property: a fatal ProtocolError whose text quotes the client (here an
     unknown field name of 100 two-byte characters) must still close with 1003, over a real socket."""

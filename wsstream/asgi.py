@@ -47,7 +47,8 @@ from wsstream.hub import Hub, StreamRefused
 from wsstream.logs import STREAM_ID
 from wsstream.metrics import CONTENT_TYPE as METRICS_TYPE
 from wsstream.runner import StreamRunner, read_message, write_message
-from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON
+from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON, THROTTLE_MIN_S, cap_send_buffer, peer_gone
+from wsstream.wsframes import close_reason
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,19 @@ class _Connection:
     async def run(self) -> None:
         hub, dialect = self.hub, self.dialect
         await hub.start()
+        transport = _transport(self.ws)
+        if transport is not None:  # (where the server lets us reach its socket: uvicorn)
+            cap_send_buffer(transport)
         await self.ws.accept(subprotocol=self.admit.subprotocol)
         try:
             stream = hub.open_stream(dialect, self.admit.query)
         except StreamRefused as exc:
             await self._send(exc.event)
-            await self.ws.close(exc.code, exc.reason)
+            await self.ws.close(exc.code, close_reason(exc.reason))
             return
         except ProtocolError as exc:
             await self._send(Error(str(exc)))
-            await self.ws.close(exc.code, str(exc)[:120])
+            await self.ws.close(exc.code, close_reason(str(exc)))
             return
         STREAM_ID.set(stream.id)  # (this task is this connection's: its lines, and its reader's, are the stream's)
         reader = asyncio.get_running_loop().create_task(self._read(stream))
@@ -96,8 +100,28 @@ class _Connection:
 
     async def _read(self, stream: StreamRunner) -> None:
         loop = asyncio.get_running_loop()
+        rate = self.hub.config.max_messages_per_s
+        tokens, tokens_at, throttled = rate, loop.time(), False
+        transport = _transport(self.ws)
         try:
             while True:
+                if rate:  # the budget of messages, as on our transport: over it, wait (the server holds the socket)
+                    now = loop.time()
+                    tokens, tokens_at = min(rate, tokens + (now - tokens_at) * rate), now
+                    if throttled and tokens >= rate / 2:
+                        throttled = False
+                    if tokens < 1:
+                        if not throttled:
+                            throttled = True
+                            self.hub.metrics.inc("reads_throttled")
+                        if transport is not None and peer_gone(transport):  # what it left must not run on
+                            self.gone = True
+                            stream.connection_lost()
+                            transport.abort()
+                            return
+                        await asyncio.sleep(max(THROTTLE_MIN_S, (max(1.0, rate * THROTTLE_MIN_S) - tokens) / rate))
+                        continue
+                    tokens -= 1
                 # The server's receive returns at once while it holds messages (uvicorn queues every message
                 # of a read: 32,000 at 8 bytes each): give the loop a turn now and then, so one client's
                 # flood of tiny frames does not hold up every other stream.
@@ -160,7 +184,7 @@ class _Connection:
         """Start the closing handshake, which must be over within ``within`` (see ``_finish_close``)."""
         deadline = asyncio.get_running_loop().time() + within
         # (a reason may quote a client's field name: a lone surrogate must not break the close)
-        reason = event.reason[:120].encode("utf-8", "replace").decode("utf-8")
+        reason = close_reason(event.reason)
         try:
             async with asyncio.timeout_at(deadline):  # (the server's send waits while its buffer is full)
                 await self.ws.close(event.code, reason)

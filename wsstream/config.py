@@ -117,6 +117,11 @@ class ServerConfig:
     ping_interval_s: float = 20.0  # keepalive pings; a connection silent for 3 intervals is dropped
     write_stall_s: float = _flag(10.0, "a client that takes none of our output for this long (it does not read) "
                                        "is closed with 1008, and dropped if even the close cannot be sent")
+    max_messages_per_s: float = _flag(
+        1000.0, "WebSocket frames each connection may have handled per second, with a burst of as many (0: no "
+                "limit); past it the server stops reading that client until the budget refills. 50/s is real "
+                "time at 20 ms frames, so a file still goes at 20x; it stops floods of tiny frames (some 5 us "
+                "of event loop each) from starving every other stream")
     reply_threads: int = _flag(32, "threads for plain (sync) reply functions, shared by every stream: a reply "
                                    "waits for one when all are busy (warned in the log), and fails if none is free "
                                    "in time")
@@ -151,6 +156,8 @@ class ServerConfig:
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
         _check(0 <= self.vad_batch_interval_ms <= 100, "vad_batch_interval_ms must be in 0..100")
         _check(self.ping_interval_s > 0, "ping_interval_s must be > 0")
+        _check(self.max_messages_per_s == 0 or self.max_messages_per_s >= 10,
+               f"max_messages_per_s must be 0 (no limit) or >= 10, got {self.max_messages_per_s}")
         _check(self.write_stall_s > 0, f"write_stall_s must be > 0, got {self.write_stall_s}")
         _check(self.drain_s >= 0, "drain_s must be >= 0")
         _check(self.reply_threads >= 1, f"reply_threads must be >= 1, got {self.reply_threads}")

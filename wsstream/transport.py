@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import http
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -59,6 +60,13 @@ OPEN_TIMEOUT_S = 10.0  # to complete the HTTP handshake
 CLOSE_TIMEOUT_S = 5.0  # for the peer to answer our close frame
 MAX_REQUEST_BYTES = 16384
 WRITE_HIGH_WATER = 256 * 1024
+# The kernel's send buffer of each accepted socket (Linux doubles it: 128 KB). Left alone, it autotunes
+# up to tcp_wmem's max (4 MB on loopback), minutes of reply audio a client that never reads can soak up
+# before our own buffer passes WRITE_HIGH_WATER and the write stall can start. 64 KB still carries
+# 5 Mbit/s at 100 ms round trip, twenty times a 16 kHz PCM reply.
+SEND_BUFFER = 64 * 1024
+THROTTLE_MIN_S = 0.02  # the shortest wait of a connection over its budget of messages (a batch, not one)
+_TCP_ESTABLISHED = 1
 STALL_REASON = "client is not reading"
 
 
@@ -115,6 +123,13 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None  # armed while the socket takes nothing
         self._stall_counted = False
+        # The budget of frames (a token bucket of max_messages_per_s, as deep as one second's worth); over
+        # it, reading pauses (the parser keeps what was read) and _throttle resumes it when it has refilled.
+        self._rate = self.hub.config.max_messages_per_s
+        self._tokens = self._rate
+        self._tokens_at = self._loop.time()
+        self._throttle: asyncio.TimerHandle | None = None
+        self._throttled = False  # in a throttled episode (counted once), until half the burst refills
         self._writer: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = self._loop.create_future()  # closed, and its stream ended
@@ -124,15 +139,21 @@ class WsConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        cap_send_buffer(self.transport)
         self.last_seen = self._loop.time()
         self.host.connections.add(self)
         self._timer = self._loop.call_later(OPEN_TIMEOUT_S, self._abort)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self._loop.time()
-        if self._audio_bytes is not None and self._backlog is None and self.state == "open":
+        now = self.last_seen = self._loop.time()
+        if self._throttle is not None:  # over budget (a transport may deliver after pause_reading): it waits
+            self._parser.feed(data, 0)
+            return
+        if (self._audio_bytes is not None and self._backlog is None and self.state == "open"
+                and (not self._rate or self._budget(now) >= 1)):
             payload = self._parser.whole_binary(data)
             if payload is not None:  # the hot path: one read, one binary audio message
+                self._tokens -= 1
                 audio = self._audio_bytes(payload)
                 if not self.stream.offer_audio(audio):  # type: ignore[union-attr]
                     self._pause([AudioIn(audio)])
@@ -166,7 +187,7 @@ class WsConnection(asyncio.Protocol):
         if self._slot_ip is not None:
             self.host.access.closed(self._slot_ip)
             self._slot_ip = None
-        for timer in (self._timer, self._ping_timer, self._stall_timer):
+        for timer in (self._timer, self._ping_timer, self._stall_timer, self._throttle):
             if timer is not None:
                 timer.cancel()
         self._writable.set()
@@ -267,7 +288,10 @@ class WsConnection(asyncio.Protocol):
             return
         interval = self.hub.config.ping_interval_s
         now = self._loop.time()
-        if self.paused:  # we are not reading it (backpressure): it is not the one that is silent
+        if self.paused or self._throttle is not None:  # we are not reading it: it is not the one that is silent
+            if self._peer_gone():
+                self._abort()
+                return
             self.last_seen = now
         elif now - self.last_seen > 3 * interval:
             log.info("dropping a connection silent for %.0f s", now - self.last_seen, extra=self._about())
@@ -281,7 +305,14 @@ class WsConnection(asyncio.Protocol):
     # ---- inbound ---------------------------------------------------------------
 
     def _frames(self, data: bytes) -> None:
-        for event in self._parser.feed(data):
+        parser = self._parser
+        limit = self._budget(self._loop.time()) if self._rate else None
+        events = parser.feed(data, limit)
+        if limit is not None:
+            self._tokens -= parser.frames
+            if parser.frames >= limit and parser.buffered and not parser.failed:
+                self._throttle_reading()
+        for event in events:
             if isinstance(event, Message):
                 if self.state == "open" and self.stream is not None:
                     self._message(event.data)
@@ -314,6 +345,52 @@ class WsConnection(asyncio.Protocol):
                 self._pause(events[i:])
                 return
 
+    def _budget(self, now: float) -> int:
+        """Whole frames this connection may have parsed now (the bucket refilled since it was last seen)."""
+        rate = self._rate
+        tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens, self._tokens_at = tokens, now
+        if self._throttled and tokens >= rate / 2:
+            self._throttled = False  # under budget long enough: a later flood is a new episode
+        return int(tokens)
+
+    def _throttle_reading(self) -> None:
+        """Over budget: stop reading (what was read waits in the parser, the rest in the kernel, so TCP
+        pushes the client back) until enough of the budget has refilled for a batch of frames."""
+        assert self.transport is not None
+        if self.state == "closed" or self._throttle is not None:
+            return
+        if not self._throttled:
+            self._throttled = True
+            self.hub.metrics.inc("reads_throttled")
+        self.transport.pause_reading()
+        wait = max(THROTTLE_MIN_S, (max(1.0, self._rate * THROTTLE_MIN_S) - self._tokens) / self._rate)
+        self._throttle = self._loop.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        if self.state == "closed":
+            return
+        if self._peer_gone():  # what it left unread must not go on through VAD for minutes
+            self._abort()
+            return
+        self._read_on()
+
+    def _read_on(self) -> None:
+        """After a pause (budget refilled, backlog drained): parse what the parser holds, then read the
+        socket again, unless that paused it anew."""
+        if self.state == "closed" or self._throttle is not None or self._backlog is not None:
+            return
+        if self._parser.buffered:
+            self._frames(b"")
+        if (self._throttle is None and self._backlog is None and self.transport is not None
+                and not self.transport.is_closing()):
+            self.transport.resume_reading()
+
+    def _peer_gone(self) -> bool:
+        assert self.transport is not None
+        return peer_gone(self.transport)
+
     def _pause(self, events: list[InEvent]) -> None:
         """Inference is behind for this stream: stop reading (TCP pushes back) until it has room."""
         assert self.transport is not None
@@ -338,8 +415,8 @@ class WsConnection(asyncio.Protocol):
             return
         self._backlog = None
         self._drainer = None
-        if self.state == "open" and self.transport is not None:
-            self.transport.resume_reading()
+        if self.state == "open":
+            self._read_on()
 
     def _peer_closed(self, frame: CloseFrame) -> None:
         if self.state == "open":  # the peer began: answer with its code, then end the TCP connection
@@ -402,8 +479,8 @@ class WsConnection(asyncio.Protocol):
             if self._drainer is not None:
                 self._drainer.cancel()
                 self._drainer = None
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
+            if self._throttle is None and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()  # (a throttled one resumes when its budget refills)
 
     @property
     def paused(self) -> bool:
@@ -470,7 +547,7 @@ class WsConnection(asyncio.Protocol):
             while True:
                 event = await stream.next_output()
                 if isinstance(event, Close):
-                    self.close(event.code, event.reason[:120])
+                    self.close(event.code, event.reason)  # (close_payload cuts it to 123 bytes)
                     if stream.overflowed:  # it does not read: it will not answer the close for long either
                         self._arm_timer(min(CLOSE_TIMEOUT_S, self.hub.config.write_stall_s), self._drop_not_reading)
                     return
@@ -485,6 +562,30 @@ class WsConnection(asyncio.Protocol):
             log.error("connection writer failed", exc_info=task.exception(), extra=self._about())
             self.close(1011, "internal error")
         self._maybe_done()
+
+
+def peer_gone(transport: asyncio.BaseTransport) -> bool:
+    """The client has closed its end (FIN or RST) while we were not reading it: the kernel's TCP state
+    says so before the bytes in front of it are read. (False where that cannot be told; and a FIN still
+    behind bytes the client's kernel holds, for want of room in ours, cannot be seen before they are read.)"""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "TCP_INFO") or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def cap_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Cap the kernel's send buffer of ``transport``'s socket at SEND_BUFFER, so that a client that does
+    not read fills our write buffer within seconds and the write stall can see it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:  # (not a socket that has one: nothing to cap)
+            pass
 
 
 def refusal_response(refusal: Refusal) -> Response:

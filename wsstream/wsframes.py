@@ -74,6 +74,7 @@ class FrameParser:
         self._fragment_op = 0
         self._fragment_size = 0  # payload plus FRAME_COST per fragment, against max_size
         self.failed = False
+        self.frames = 0  # frames the last ``feed`` parsed (what a budget of messages is charged)
 
     def whole_binary(self, data: bytes) -> bytes | None:
         """The unmasked payload when ``data`` is exactly one whole, final, masked binary frame (no
@@ -93,9 +94,20 @@ class FrameParser:
             return None
         return apply_mask(data[head + 4:], data[head:head + 4])
 
-    def feed(self, data: bytes) -> list[Event]:
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a later ``feed`` (a partial frame, or whole frames past a ``limit``)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes, limit: int | None = None) -> list[Event]:
+        """The events of the frames in what was buffered plus ``data``; with ``limit``, at most that many
+        frames are parsed and the rest stay buffered (``feed(b"", n)`` goes on): a connection's budget
+        of messages is enforced here, before any of the cost of a frame is paid."""
         if self.failed:
+            self.frames = 0
             return []
+        if limit is None:
+            limit = 1 << 62
         if self._buf:
             self._buf += data
             buf: bytes | bytearray = self._buf
@@ -103,7 +115,8 @@ class FrameParser:
             buf = data  # the usual case: whole frames in one read, parsed without copying them first
         events: list[Event] = []
         pos, end = 0, len(buf)
-        while end - pos >= 2:
+        frames = 0
+        while end - pos >= 2 and frames < limit:
             b0, b1 = buf[pos], buf[pos + 1]
             opcode, length = b0 & 0x0F, b1 & 0x7F
             head = pos + 2
@@ -128,6 +141,7 @@ class FrameParser:
                 break
             payload = apply_mask(buf[start:start + length], buf[head:start])
             pos = start + length
+            frames += 1
             if opcode == OP_BINARY and b0 & 0x80 and self._fragments is None:
                 events.append(Message(payload))  # the hot path: a whole binary message
                 continue
@@ -137,6 +151,7 @@ class FrameParser:
                 if isinstance(event, Violation | CloseFrame):  # nothing may follow either
                     self.failed = True
                     break
+        self.frames = frames
         if pos == end:
             self._buf = bytearray()
         elif pos or buf is not self._buf:
