@@ -213,3 +213,13 @@ def cli_server(driver: str) -> Iterator[ServerProcess]:
     yield server
     server.close()
     assert server.proc.returncode is not None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Captured output made encodable: tests feed lone surrogates to the server on purpose, its log quotes
+    them, and pytest-xdist cannot send a report holding one from a worker."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for name, text in report.sections]

@@ -158,6 +158,7 @@ async def server(make_server: Any) -> Any:
     return await make_server(ReplyOnPause(echo), stream=StreamConfig(echo_gate=True))
 
 
+@pytest.mark.native_only  # (the gate is the core's; the talker test runs both drivers)
 async def test_the_reply_echoed_back_never_interrupts_it(server: Any, manifest: dict[str, Any]) -> None:
     url = f"ws://127.0.0.1:{server.port}"
     names = sorted(manifest["files"])

@@ -141,6 +141,7 @@ async def test_fastrtc_clients_get_the_stopword_message(stop_server: Any) -> Non
     assert kinds.index("stopword") < kinds.index("media")
 
 
+@pytest.mark.native_only  # (the fastrtc test runs both drivers)
 async def test_a_phone_call_is_answered_only_after_the_word(stop_server: Any) -> None:
     """Twilio at 8 kHz μ-law: no stopword message on the wire (Twilio takes none), the reply as usual."""
     files = script("en-us")

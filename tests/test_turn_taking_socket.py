@@ -146,6 +146,7 @@ async def test_sentences_over_a_reply_stop_it_within_interrupt_ms_plus_100(serve
         assert INTERRUPT_MS / 1000 <= delay <= bound, (name, round(delay, 3))
 
 
+@pytest.mark.native_only  # (a core deadline; the driver only carries it)
 async def test_idle_prompt_once_after_the_reply_played(make_server: Any, manifest: dict[str, Any]) -> None:
     reasons: list[tuple[str, int]] = []
 

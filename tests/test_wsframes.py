@@ -116,7 +116,8 @@ def test_long_frames_use_extended_lengths() -> None:
     (client_frame(OP_CLOSE, b"\x03"), 1002),  # 1-byte close payload
     (client_frame(OP_CLOSE, struct.pack("!H", 1005)), 1002),  # a code no one may send
     (client_frame(OP_BINARY, b"x" * 2000), 1009),  # over max_size (1000 here)
-])
+], ids=["unmasked", "rsv", "reserved-opcode", "long-control", "fragmented-control", "lone-continuation",
+        "bad-utf8", "short-close", "close-1005", "too-big"])  # (fixed ids: the frames' masks are random)
 def test_violations_stop_the_parser_with_the_right_close_code(frame: bytes, code: int) -> None:
     parser = FrameParser(1000)
     events = parser.feed(frame + client_frame(OP_BINARY, b"after"))

@@ -111,6 +111,8 @@ CATALOGUE: dict[str, Spec] = {
         "object), message (a bad message, answered with an error), setup (a bad start, format or query: the "
         "stream is closed), framing (a WebSocket framing violation: the connection is failed).", "dialect", "kind"),
     "outbox_overflows": _counter("Streams closed (1008) because the client did not read what was sent."),
+    "reads_throttled": _counter("Clients held back for sending more messages per second than "
+                                "--max-messages-per-s (once per episode)."),
     "write_stall_closes": _counter("Connections closed because the client read nothing for --write-stall-s."),
     # ---- turns and replies -------------------------------------------------------------------
     "turns": _counter("User turns ended (pause_detected, a trigger, the end of input)."),
