@@ -110,12 +110,12 @@ class AsgiServer:
 
         import uvicorn
 
-        from wsstream.asgi import create_app
+        from wsstream.asgi import create_app, uvicorn_tls
 
         ready = asyncio.Event()
         config = uvicorn.Config(create_app(self.hub, on_ready=ready.set), host="127.0.0.1", port=0,
                                 lifespan="on", log_level="warning", ws="websockets-sansio",
-                                ws_max_size=self.hub.config.max_message_bytes)
+                                ws_max_size=self.hub.config.max_message_bytes, **uvicorn_tls(self.hub.config))
         self.server = uvicorn.Server(config)
         self.task = asyncio.get_running_loop().create_task(self.server.serve())
         await asyncio.wait_for(ready.wait(), 30)

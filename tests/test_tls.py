@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import ssl
 import subprocess
 import urllib.error
@@ -58,28 +57,6 @@ def trusting(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(certificate[0]))
 
 
-class TlsAsgiServer(AsgiServer):
-    """conftest's ASGI server, with uvicorn serving TLS from the hub's config (``wsstream.asgi.uvicorn_tls``)."""
-
-    async def start(self) -> None:
-        import uvicorn
-
-        from wsstream.asgi import create_app, uvicorn_tls
-
-        ready = asyncio.Event()
-        config = uvicorn.Config(create_app(self.hub, on_ready=ready.set), host="127.0.0.1", port=0,
-                                lifespan="on", log_level="warning", ws="websockets-sansio",
-                                ws_max_size=self.hub.config.max_message_bytes, **uvicorn_tls(self.hub.config))
-        self.server = uvicorn.Server(config)
-        self.task = asyncio.get_running_loop().create_task(self.server.serve())
-        await asyncio.wait_for(ready.wait(), 30)
-        for _ in range(500):  # (the sockets are bound just after the lifespan has started)
-            if self.server.started:
-                break
-            await asyncio.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-
-
 @pytest.fixture
 async def tls_server(model: SileroModel, driver: str, certificate: tuple[Path, Path]) -> AsyncIterator[Any]:
     """An echo server speaking TLS only, tokens required, Twilio's signature checked, replies unpaced."""
@@ -89,7 +66,8 @@ async def tls_server(model: SileroModel, driver: str, certificate: tuple[Path, P
     app = ReplyOnPause(echo)
     server: Any
     if driver == "asgi":
-        server = TlsAsgiServer(Hub(app, config, engine=VadEngine(model)))
+        server = AsgiServer(Hub(  # (uvicorn serves TLS from the hub's config)
+            app, config, engine=VadEngine(model)))
     else:
         server = WsServer(app, config, engine=VadEngine(model))
     await server.start()
@@ -163,10 +141,6 @@ async def test_cli_serves_tls_with_tokens_from_the_environment(driver: str, cert
     """``wsstream serve --certfile --keyfile`` with the tokens in WSSTREAM_TOKENS (not on the command line)."""
     from test_access import handshake
 
-    import wsstream.cli
-
-    if driver == "asgi" and "uvicorn_tls" not in inspect.getsource(wsstream.cli):
-        pytest.skip("wsstream/cli.py does not hand TLS to uvicorn yet (the cli.py diff of the issue-13 report)")
     cert, key = certificate
     monkeypatch.setenv("WSSTREAM_TOKENS", TOKEN)
     server = await asyncio.to_thread(ServerProcess, "--certfile", str(cert), "--keyfile", str(key), driver=driver)

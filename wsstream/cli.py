@@ -147,7 +147,7 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, log_format: str =
     try:
         import uvicorn
 
-        from wsstream.asgi import create_app
+        from wsstream.asgi import create_app, uvicorn_tls
     except ImportError as exc:
         raise SystemExit(f"--driver asgi needs the asgi extra (pip install 'wsstream[asgi]'): {exc}") from None
     hub = Hub(app, config)
@@ -156,14 +156,13 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, log_format: str =
     port = sock.getsockname()[1]
     started = asyncio.Event()
     asgi_app = create_app(hub, on_ready=started.set)
-    uvicorn_tls = {"ssl_certfile": config.certfile, "ssl_keyfile": config.keyfile or None} if config.tls else {}
     # (in JSON, uvicorn's loggers go through ours: its own config would print them as text)
     own_logs = {"log_config": None} if log_format == "json" else {}
     server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets-sansio",
                                            **own_logs,
                                            ws_max_size=config.max_message_bytes,
                                            ws_ping_interval=config.ping_interval_s,
-                                           ws_ping_timeout=3 * config.ping_interval_s, **uvicorn_tls))
+                                           ws_ping_timeout=3 * config.ping_interval_s, **uvicorn_tls(config)))
     async with asyncio.TaskGroup() as tasks:
         serving = tasks.create_task(server.serve(sockets=[sock]))
         await started.wait()
