@@ -170,11 +170,12 @@ def main() -> None:
                     verdict = f"[{lo:.0f}, {hi:.0f}] med<={med:.0f}: " + ("ok" if not fails else ", ".join(fails))
                     met += not fails
                     rows += 1
-                    out = [f"{w} {x:.1f}" + (f" (masked {h:.0f})" if x < lo and kind not in ("clean", "digital") else "")
+                    noisy = kind not in ("clean", "digital")
+                    out = [f"{w} {x:.1f}" + (f" (masked {h:.0f})" if x < lo and noisy else "")
                            for w, x, h in zip(who, lat, hidden, strict=True) if x < lo or x > hi]
                     early = [(x, h) for x, h in zip(lat, hidden, strict=True) if x < lo]
                     within = sum(x + h >= lo for x, h in early)
-                    if early and kind not in ("clean", "digital"):
+                    if early and noisy:
                         out.append(f"early by less than their masked tail: {within} of {len(early)}")
                     if out:
                         outside.append(f"  {line}: " + ", ".join(out))
