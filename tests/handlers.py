@@ -60,8 +60,3 @@ def closing(audio: tuple[int, np.ndarray], *args: Any) -> Iterator[Any]:
 
 def greeting() -> Iterator[Any]:
     yield 16000, np.full(8000, 1000, dtype=np.int16)
-
-
-def hung(audio: tuple[int, np.ndarray], *args: Any) -> Any:
-    """A plain function stuck in a blocking call (a model that never answers)."""
-    time.sleep(3600)
