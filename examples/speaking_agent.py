@@ -8,7 +8,11 @@ each finished turn is answered out loud with how long the user spoke and the
 time of day. espeak-ng runs as a subprocess writing WAV to its stdout; the reply
 reads it in small chunks and yields each as it arrives, so the server's pacing
 holds espeak-ng back (its pipe fills) instead of everything being synthesized
-up front. On barge-in the server closes the reply generator, and its ``finally``
+up front. That holds on asyncio's own loop (``--loop asyncio``). uvloop (what
+``--loop auto`` picks when the ``speed`` extra is installed) reads a subprocess's
+pipe past the reader's limit, so there espeak-ng runs ahead and finishes early;
+the reply still plays as paced and stops on barge-in. On barge-in the server
+closes the reply generator, and its ``finally``
 kills espeak-ng and waits for it.
 
 Run it from the repository's root::
