@@ -173,3 +173,24 @@ def score(pauses: Sequence[int], turns: Sequence[tuple[int, int]], rate: int) ->
         else:
             missed += 1
     return latencies, missed, false
+
+
+def masked_ms(clean: np.ndarray, mixed: np.ndarray, turns: list[tuple[int, int]], rate: int) -> list[float]:
+    """Per turn, how long before its labelled end the clean speech last stood as loud as the noise (8 ms
+    sub-windows against the noise's power over the 0.5 s after the end): the part of the label that lies
+    under the noise, which no detector hears. The corpus labels an end at its last sample over -50 dBFS."""
+    sub = rate // 125
+    out = []
+    for _start, end in turns:
+        m = int(0.3 * rate) // sub
+        tail = clean[end - m * sub:end].astype(np.float64).reshape(m, sub)
+        after = (mixed - clean)[end:end + rate // 2].astype(np.float64)
+        loud = np.nonzero((tail ** 2).mean(axis=1) >= (after ** 2).mean())[0]
+        out.append((m - 1 - loud[-1]) * sub * 1000 / rate if loud.size else 300.0)
+    return out
+
+
+def found(pauses: list[int], turns: list[tuple[int, int]]) -> list[int]:
+    """Indices of the turns that got a pause before the next one (the order of ``_noise.score``'s latencies)."""
+    return [i for i, (_s, e) in enumerate(turns)
+            if any(e <= p < (turns[i + 1][0] if i + 1 < len(turns) else float("inf")) for p in pauses)]

@@ -76,25 +76,8 @@ def fastrtc_style(probs: np.ndarray, rate: int, window: int) -> list[int]:
     return out
 
 
-def masked_ms(clean: np.ndarray, mixed: np.ndarray, turns: list[tuple[int, int]], rate: int) -> list[float]:
-    """Per turn, how long before its labelled end the clean speech last stood as loud as the noise (8 ms
-    sub-windows against the noise's power over the 0.5 s after the end): the part of the label that lies
-    under the noise, which no detector hears. The corpus labels an end at its last sample over -50 dBFS."""
-    sub = rate // 125
-    out = []
-    for _start, end in turns:
-        m = int(0.3 * rate) // sub
-        tail = clean[end - m * sub:end].astype(np.float64).reshape(m, sub)
-        after = (mixed - clean)[end:end + rate // 2].astype(np.float64)
-        loud = np.nonzero((tail ** 2).mean(axis=1) >= (after ** 2).mean())[0]
-        out.append((m - 1 - loud[-1]) * sub * 1000 / rate if loud.size else 300.0)
-    return out
-
-
-def found(pauses: list[int], turns: list[tuple[int, int]]) -> list[int]:
-    """Indices of the turns that got a pause before the next one (the order of ``_noise.score``'s latencies)."""
-    return [i for i, (_s, e) in enumerate(turns)
-            if any(e <= p < (turns[i + 1][0] if i + 1 < len(turns) else float("inf")) for p in pauses)]
+def noisy_kind(kind: str) -> bool:
+    return kind not in ("clean", "digital")
 
 
 def cell(lat: list[float], missed: int, false: int) -> str:
@@ -116,7 +99,7 @@ def main() -> None:
     head = "  ".join(f"{d:^25}" for d in DECISIONS)
     print(f"\n{'condition':28}  {head}  bounds (back-dated)")
     fastrtc: dict[int, tuple[list[float], int, int]] = {}
-    met, rows, stream_s = 0, 0, 0.0
+    met, rows, stream_s, audible_met = 0, 0, 0.0, 0
     outside: list[str] = []
     for rate in _noise.RATES:
         div = man["sample_rate"] // rate
@@ -129,7 +112,7 @@ def main() -> None:
                 continue  # (digital silence is the telephone line's)
             for n in names:
                 mixed = _noise.condition_audio(kind, snr, speech, turns, n, rate)
-                masked[(kind, snr, n)] = masked_ms(speech[n], mixed, turns[n], rate)
+                masked[(kind, snr, n)] = _noise.masked_ms(speech[n], mixed, turns[n], rate)
                 pcm = float_to_int16(mixed)
                 if rate == 8000:
                     pcm = decode(encode(pcm, "mulaw"), "mulaw")
@@ -155,7 +138,7 @@ def main() -> None:
                     at = pauses(decision, probs, levels, rate, args.pause_ms)
                     got = _noise.score(at, turns[n], rate)
                     lat += got[0]
-                    idx = found(at, turns[n])
+                    idx = _noise.found(at, turns[n])
                     who += [f"{n.split('.')[0]}#{i}" for i in idx]
                     hidden += [masked[(kind, snr, n)][i] for i in idx]
                     missed += got[1]
@@ -170,7 +153,9 @@ def main() -> None:
                     verdict = f"[{lo:.0f}, {hi:.0f}] med<={med:.0f}: " + ("ok" if not fails else ", ".join(fails))
                     met += not fails
                     rows += 1
-                    noisy = kind not in ("clean", "digital")
+                    soft = [lat[j] + (hidden[j] if noisy_kind(kind) else 0.0) for j in range(len(lat))]
+                    audible_met += not ([f for f in fails if f != "early"] or min(soft) < lo)
+                    noisy = noisy_kind(kind)
                     out = [f"{w} {x:.1f}" + (f" (masked {h:.0f})" if x < lo and noisy else "")
                            for w, x, h in zip(who, lat, hidden, strict=True) if x < lo or x > hi]
                     early = [(x, h) for x, h in zip(lat, hidden, strict=True) if x < lo]
@@ -193,6 +178,8 @@ def main() -> None:
     print(f"\nback-dated: {met} of {rows} conditions meet issue 11's bounds; turns outside them (ms after the "
           "labelled end; for an early one in noise, the ms of its label's end under the noise):")
     print("\n".join(outside) or "  none")
+    print(f"measured from the audible end instead (the labelled end less its masked tail; the other bounds "
+          f"as they are): {audible_met} of {rows} conditions meet them")
     print("detector CPU per stream-second: " + ", ".join(f"{d} {CPU[d] * 1000 / stream_s:.3f} ms" for d in DECISIONS))
     print(f"({time.perf_counter() - t0:.0f} s)")
 

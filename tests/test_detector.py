@@ -371,3 +371,42 @@ def test_in_a_loud_room_the_end_stays_nearer_the_models_last_window() -> None:
         flat[lead * 4:(lead + 20) * 4] = -20.0
         paused = first_pause(probs, flat.reshape(-1, 4))
         assert paused.speech_end == (lead + 26) * W - back * 16
+
+
+def test_in_babble_the_models_trailing_windows_count_only_while_the_level_stands_out() -> None:
+    # Babble: a room whose level varies by 3 dB (sub-window spread), 20 dB under the speaker. After the
+    # speaker stops the model goes on scoring the babble as speech for 192 ms (6 windows) at room level.
+    # Its trailing windows count only 64 ms past the speaker's last (none of them stands out of the room),
+    # so the end is the speaker's, not the model's last window less lookback_ms; the old rule put the
+    # decision 100 ms later. In a steady room the same probabilities keep the model's floor (a tail may
+    # be under that noise).
+    rng = np.random.default_rng(11)
+    lead, talk, trail = 40, 30, 6
+    probs = [0.0] * lead + [0.95] * talk + [0.9] * trail + [0.05] * 40
+    end = (lead + talk) * W
+    found = {}
+    for spread in (3.0, 0.5):
+        flat = -40.0 + spread * rng.standard_normal(len(probs) * 4)
+        flat[lead * 4:(lead + talk) * 4] = -20.0
+        flat[(lead + talk) * 4:] = np.minimum(flat[(lead + talk) * 4:], -40.0)  # (never over the room's mean)
+        paused = first_pause(probs, flat.reshape(-1, 4))
+        assert paused.at >= end + 9600
+        found[spread] = paused.speech_end
+    assert end <= found[3.0] <= end + 2 * SUB
+    assert found[0.5] >= end + trail * W - 100 * 16  # (the model's last window less at most lookback_ms)
+
+
+def test_a_stops_closure_inside_the_tail_does_not_end_it() -> None:
+    # In a steady noise 24 dB under the speaker, the word ends on a quiet coda (2 dB over the room: under
+    # the voice gate, over the room's bar) after 32 ms of closure at the room's level, and the model stops
+    # with the coda. The change point bridges the closure (under 40 ms): the end is the coda's, not the
+    # closure's start (the old rule, a lull of 24 ms, put it there, 94 ms early).
+    lead, talk, coda = 32, 20, 3
+    probs = [0.0] * lead + [0.99] * talk + [0.7] * (1 + coda) + [0.05] * 30
+    flat = noisy_room(len(probs), -42.0)
+    flat[lead * 4:(lead + talk) * 4] = -18.0
+    flat[(lead + talk) * 4:(lead + talk + 1) * 4] = -42.5  # the closure: under the room's bar
+    flat[(lead + talk + 1) * 4:(lead + talk + 1 + coda) * 4] = -40.0
+    paused = first_pause(probs, flat.reshape(-1, 4))
+    end = (lead + talk + 1 + coda) * W
+    assert end <= paused.speech_end <= end + 2 * SUB

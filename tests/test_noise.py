@@ -9,7 +9,9 @@ Issue 11's bounds (pause 600 ms, every turn found once, no false pause): clean,
 digital silence and 20 dB never under 600 ms, median <= 640, max <= 700; 10 dB
 never under 500, median <= 680, max <= 760. Where a bound is not met on this
 corpus, ``SHORT`` says which and why; the test then holds the looser bound that
-is met, and the issue's bound is kept as an expected failure beside it.
+is met, and the issue's bound is kept as an expected failure beside it. The
+lowest bound is also held against the audible end (the labelled end less the
+part of it under the noise), where only ``AUDIBLE_SHORT`` falls short.
 """
 
 from __future__ import annotations
@@ -51,17 +53,22 @@ def bounds(snr: int | None) -> tuple[float, float, float]:
 
 
 # Bounds this corpus does not meet, measured (pause_latency.py), with the looser bound the test holds.
-# At 20 dB some turns end on a sound 25-30 dB below the speaker's loud level for 100-190 ms (dialog_05
-# turns 1 and 2; at 8 kHz also dialog_00 turn 0 and dialog_01 turns 2 and 3): that is under the noise,
-# no broadband level can see it, and the model often stops before it too ("plain" is early on them as
-# well). Trusting the model's trailing probability enough to cover them would put the max past 700 ms on
-# every other turn (it trails the end by up to 150 ms in noise). At 10 dB more of such tails drown.
-# Babble is other voices as loud as the speaker's quiet words; the model trails on it by up to 200 ms.
+# The corpus labels a turn's end at its last sample over -50 dBFS; at 20 dB the noise sits near -45 dBFS,
+# so some labels end on 8-184 ms of sound quieter than the noise (dialog_05 turns 1 and 2 for 112 ms),
+# which no level sees and the model often does not hear either ("plain" is early on them as well).
+# Trusting the model's trailing probability enough to cover them would put the max past 700 ms on the
+# other turns (it trails the end by up to 150 ms in noise). At 10 dB more of such tails drown.
 SHORT: dict[tuple[int, str, int | None], dict[str, float]] = {
     (16000, "white", 20): {"low": 560}, (16000, "pink", 20): {"low": 510}, (16000, "hum", 20): {"low": 560},
-    (16000, "babble", 20): {"low": 590, "max": 725}, (16000, "babble", 10): {"max": 770},
-    (8000, "white", 20): {"low": 595}, (8000, "pink", 20): {"low": 560}, (8000, "hum", 20): {"low": 565},
-    (8000, "babble", 20): {"low": 515, "max": 730}, (8000, "white", 10): {"low": 485},
+    (16000, "babble", 20): {"low": 560},
+    (8000, "white", 20): {"low": 595}, (8000, "pink", 20): {"low": 560}, (8000, "hum", 20): {"low": 580},
+    (8000, "babble", 20): {"low": 560, "max": 720}, (8000, "white", 10): {"low": 485},
+}
+# Measured from the audible end instead (the labelled end less the part of it under the noise,
+# ``_noise.masked_ms``), every condition is never early but these, by the detector's own misses: a quiet
+# last syllable at the room's level (dialog_00 turn 0) and the last ms of a word's decay (2.5 ms).
+AUDIBLE_SHORT: dict[tuple[int, str, int | None], float] = {
+    (16000, "hum", 20): 595, (16000, "babble", 20): 595, (8000, "pink", 20): 580, (8000, "babble", 20): 580,
 }
 
 
@@ -92,16 +99,23 @@ def scored(model: SileroModel, manifest: dict[str, Any]) -> dict[tuple[int, str,
             result: dict[str, Any] = {}
             for name, with_levels in (("backdated", True), ("plain", False)):
                 lat: list[float] = []
+                audible: list[float] = []
                 missed = false = 0
                 for n in names:
                     probs, levels = outputs[(kind, snr, n)]
                     det = PauseDetector(DetectorOptions(pause_ms=PAUSE_MS), rate, window)
                     events = det.push(probs, levels if with_levels else None)
-                    got = noise.score([e.at for e in events if isinstance(e, PauseDetected)], turns[n], rate)
+                    at = [e.at for e in events if isinstance(e, PauseDetected)]
+                    got = noise.score(at, turns[n], rate)
                     lat += got[0]
                     missed += got[1]
                     false += got[2]
+                    if kind not in ("clean", "digital"):
+                        hidden = noise.masked_ms(speech[n], noise.condition_audio(kind, snr, speech, turns, n, rate),
+                                                 turns[n], rate)
+                        audible += [x + hidden[i] for x, i in zip(got[0], noise.found(at, turns[n]), strict=True)]
                 result[name] = (np.asarray(lat), missed, false)
+                result[name + "_audible"] = np.asarray(audible if audible else lat)
             out[(rate, kind, snr)] = result
     return out
 
@@ -122,6 +136,21 @@ def test_latency_bounds(scored: dict, condition: tuple[int, str, int | None]) ->
     assert lat.min() >= low, f"a pause {lat.min():.0f} ms after the turn's end (bound {low:.0f})"
     assert np.median(lat) <= median, f"median {np.median(lat):.0f} ms (bound {median:.0f})"
     assert lat.max() <= high, f"a pause {lat.max():.0f} ms after the turn's end (bound {high:.0f})"
+
+
+@pytest.mark.parametrize("condition", CONDITIONS, ids=ids)
+def test_never_early_against_the_audible_end(scored: dict, condition: tuple[int, str, int | None]) -> None:
+    """Against the audible end the issue's lowest bound holds (but where ``AUDIBLE_SHORT`` says)."""
+    lat = scored[condition]["backdated_audible"]
+    low = AUDIBLE_SHORT.get(condition, bounds(condition[2])[0])
+    assert lat.min() >= low, f"a pause {lat.min():.0f} ms after the audible end (bound {low:.0f})"
+
+
+@pytest.mark.parametrize("condition", sorted(AUDIBLE_SHORT, key=str), ids=ids)
+@pytest.mark.xfail(reason="the detector's own misses against the audible end (see AUDIBLE_SHORT)", strict=True)
+def test_issue_low_bound_against_the_audible_end_where_short(scored: dict,
+                                                             condition: tuple[int, str, int | None]) -> None:
+    assert scored[condition]["backdated_audible"].min() >= bounds(condition[2])[0]
 
 
 @pytest.mark.parametrize("condition", sorted(SHORT, key=str), ids=ids)

@@ -42,13 +42,19 @@ the pause is counted from where the signal says the speech ended (back-dating,
   speech, its 90th percentile; before that is known, the learned room's mean plus
   its spread), a tail past the last window ending at three sub-windows under the
   bar, plus one sub-window (the speech may go on under the bar for part of it).
+  The tail may hold a lull shorter than 40 ms (a stop's closure before a quiet
+  coda); five sub-windows under the bar in a row end it.
 * It is never taken earlier than ``lookback_ms`` before the model's last speech
   window, as long as that window follows the speaker's without a break and
   within ``tail_ms``: the model may hear a tail the level cannot see under
   noise, but it cannot hold a pause off for ever (babble). The louder the room
   against the speaker, the more of a tail can hide under it, so the more the
   model is trusted: from 26 dB between the speaker's loud level and the room
-  down to 16 dB, that distance shrinks to 65 % of ``lookback_ms``.
+  down to 16 dB, that distance shrinks to 65 % of ``lookback_ms``. In a room of
+  talkers (its sub-window level spreads 2 dB or more: babble), which the model
+  takes for speech for up to 200 ms after the speaker stops, its windows count
+  only up to 64 ms past the last one whose power stood out of the room (by half
+  a window's spread over the room's mean).
 
 So a quiet gap inside a turn that the model holds at speech counts as silence
 from at most ``tail_ms - lookback_ms`` after the speaker's last window; a gap
@@ -159,7 +165,7 @@ _EXCESS_SIGMAS = 1.0  # before the room after the speech is heard, the bar is th
 _EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), however steady the room
 _LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
 _LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
-_TAIL_BREAK = 3  # sub-windows under the bar in a row that end a tail (a later sound is not this word)
+_TAIL_BREAK = 5  # sub-windows under the bar in a row (40 ms: longer than a stop's closure in a word) that end a tail
 _SNR_A = 16.0  # the speaker's loud level this far over the room or less: the model's end is trusted most ...
 _SNR_B = 26.0  # ... this far or more: as in a quiet room (linear between)
 _LB_MIN = 0.65  # most trusted: the end at most this fraction of lookback_ms before the model's last window
@@ -167,6 +173,9 @@ _QUIET_MS = 250.0  # a quiet syllable continues the turn up to this long after t
 _QUIET_GAP_MS = 64.0  # ... if no longer than this after the turn's last window (a stop's closure, not a pause)
 _RESUME_GAP_MS = 160.0  # after this long without the speaker, a window within ...
 _RESUME_MARGIN_DB = 3.0  # ... this of the gate resumes the turn only if the window before it was one too
+_BUSY_ROOM_DB = 2.0  # a room whose sub-window level varies this much (its spread, dB) is talkers: babble ...
+_EVIDENT_SIGMAS = 0.5  # ... where the model's speech windows count only while their power stands this many
+_EVIDENT_MS = 64.0  # window spreads over the room's, or within this of one that did
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
     """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts].
@@ -263,6 +272,7 @@ class PauseDetector:
         self._quiet = int(round(_QUIET_MS * ms))
         self._quiet_gap = int(round(_QUIET_GAP_MS * ms))
         self._resume_gap = int(round(_RESUME_GAP_MS * ms))
+        self._evident_gap = int(round(_EVIDENT_MS * ms))
         self.position = 0  # samples consumed so far
         self.noise_floor_db = -60.0  # (backdate=False) the floor the level tail is measured against
         self.background = _Background()
@@ -285,6 +295,7 @@ class PauseDetector:
         self.speech_end = 0
         self._vad_speech_end = 0
         self._model_end = 0  # end of the model's last speech window in the run from the speaker's last
+        self._evident_end = 0  # ... and of the last in that run whose power stood out of the room
         self._run_open = False
         self.in_silence = False
         self._tentative_sent = False
@@ -365,8 +376,10 @@ class PauseDetector:
             end = start + self.window
             self.position = end
             local_from = self._vad_speech_end + self._tail if self.state is State.TALKING else end
+            window_power = 0.0
             for i, x in enumerate(row):
                 power = 10.0 ** (x / 10) if x >= DIGITAL_SILENCE_DB else 0.0
+                window_power += power
                 pos = start + (i + 1) * sub
                 history.append((pos, power))
                 if pos > local_from:
@@ -395,7 +408,7 @@ class PauseDetector:
                 self._continue_onset(speaker, p < neg, end, events)
             else:
                 if speaker:
-                    self._vad_speech_end = self._model_end = self.speech_end = end
+                    self._vad_speech_end = self._model_end = self.speech_end = self._evident_end = end
                     self._run_open = True
                     self._end_final = False
                     self._local.clear()
@@ -408,9 +421,11 @@ class PauseDetector:
                         elif p >= thr and end <= self._vad_speech_end + self._tail:
                             self._model_end = end
                             self._end_final = False
+                            if start - self._evident_end <= self._evident_gap and self._stands_out(window_power, parts):
+                                self._evident_end = end
                 # (the end is searched for only once the earliest it can be is far enough back to matter)
                 need = self._pause if self._tentative_sent else min(self._tentative, self._pause)
-                if self.in_silence and end - (self._model_end - self._trust_lookback()) >= need:
+                if self.in_silence and end - self._model_floor() >= need:
                     if len(self._local) >= self._min_local:
                         self.speech_end = self._backdated_end(end, self._local_bar())
                     elif not self._end_final:
@@ -505,7 +520,25 @@ class PauseDetector:
                     break
         if best > 0.0:
             best_end += self._sub
-        return max(best_end, self._model_end - self._trust_lookback())
+        return max(best_end, self._model_floor())
+
+    def _model_floor(self) -> int:
+        """The earliest the end may be put by the model's trailing probability: ``_trust_lookback`` before its
+        last speech window. In a room of talkers (babble) the model hears the room as speech for up to 200
+        ms after the speaker stops, so there it counts only as far as ``_EVIDENT_MS`` past the last of those
+        windows whose power stood out of the room."""
+        b = self.background
+        last = self._model_end
+        if b.count and b.level_var >= _BUSY_ROOM_DB ** 2:
+            last = min(last, self._evident_end + self._evident_gap)
+        return last - self._trust_lookback()
+
+    def _stands_out(self, window_power: float, parts: int) -> bool:
+        """Is a window's mean power over the room's by ``_EVIDENT_SIGMAS`` of a window's spread?"""
+        b = self.background
+        if not b.count:
+            return True
+        return window_power / parts > max(b.power, _MIN_POWER) + _EVIDENT_SIGMAS * (b.power_var / parts) ** 0.5
 
     def _trust_lookback(self) -> int:
         """How far (samples) before the model's last speech window the end may be put: ``lookback_ms`` in a
