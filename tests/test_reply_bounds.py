@@ -76,6 +76,60 @@ def test_resampling_in_slices_keeps_the_length_and_the_sound() -> None:
     assert np.abs(got - want).max() <= 2
 
 
+class CountingList(list):
+    """A Python list that records the longest slice taken of it (what conversion asked for at once)."""
+
+    longest = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(len(self))
+            self.longest = max(self.longest, stop - start)
+        return super().__getitem__(index)
+
+
+def test_a_long_python_list_is_converted_a_slice_at_a_time() -> None:
+    """Two minutes given as a Python list (not an ndarray): never converted whole (that would hold the loop
+    and the GIL), only slices of at most SLICE_S as it plays, and it plays as the array would, resampled."""
+    audio = tone(120 * 24000)
+    samples = CountingList(audio.tolist())
+    lazy, eager = FrameEncoder(AudioFormat("mulaw", 8000)), FrameEncoder(AudioFormat("mulaw", 8000))
+    lazy.feed(24000, samples)
+    assert samples.longest <= 1  # (only its first sample, checked on feed)
+    frames = []
+    while lazy.queued:
+        frames += lazy.take(FRAMES)
+    frames += lazy.flush()
+    assert 0 < samples.longest <= SLICE_S * 24000
+    assert b"".join(frames) == b"".join(eager.push(24000, audio) + eager.flush())
+
+
+def test_a_long_list_bad_part_way_plays_what_came_before_then_warns() -> None:
+    """A list whose sample 30,000 is not a number: what comes before it plays; then a warning, the rest
+    of that chunk dropped, and the reply goes on (its next chunk plays, then its mark)."""
+    h = Harness()
+    h.turn()
+    bad: list[object] = tone(4 * RATE).tolist()
+    bad[30_000] = "x"
+    events = h.reply(1, (RATE, bad), (RATE, tone(320)))
+    events += h.play()
+    (warning,) = [e for e in events if type(e).__name__ == "Warning"]
+    assert warning.message.startswith("reply audio ignored: reply audio samples ")
+    played = audio_bytes(events)
+    assert played[:16000 * 2] == tone(4 * RATE)[:16000].tobytes()  # (the first slice, before the bad one)
+    assert played.endswith(tone(320).tobytes())
+    assert trace(events)[-2:] == ["mark:reply-1", "ended:1:played"]
+
+
+def test_a_long_list_that_is_not_numbers_is_refused_when_fed() -> None:
+    h = Harness()
+    h.turn()
+    events = h.reply(1, (RATE, ["x"] * (4 * RATE)), (RATE, tone(320))) + h.play()
+    (warning,) = [e for e in events if type(e).__name__ == "Warning"]
+    assert warning.message == "reply audio ignored: reply audio samples 0..1: reply audio has unsupported dtype <U1"
+    assert audio_bytes(events) == tone(320).tobytes()
+
+
 @pytest.mark.parametrize("rate", [1, 7999, 48001, 10**12, float("inf"), float("nan"), 22050.5, "24000", None, True])
 def test_a_reply_rate_out_of_bounds_ends_the_reply_with_an_error(rate: object) -> None:
     h = Harness()

@@ -20,6 +20,7 @@ from wsstream.resample import StreamResampler
 MIN_REPLY_RATE = 8000  # reply audio may come at these rates (Hz), what TTS models produce: 8 kHz to 48 kHz
 MAX_REPLY_RATE = 48000
 SLICE_S = 0.5  # the most source audio converted in one step (well under a millisecond of work)
+LAZY_SAMPLES = 48_000  # a flat Python sequence longer than this (1 s at 48 kHz) is made an array a slice at a time
 
 
 class ReplyAudioRefused(FormatError):
@@ -40,8 +41,49 @@ def reply_rate(rate: object) -> int:
     return value
 
 
-def _time_major(samples: object) -> np.ndarray:
-    """The chunk as a 1-D array, or 2-D (time, channels), without converting or copying its samples."""
+class _LazySamples:
+    """A long flat list (or tuple) of samples, made an array only a slice at a time as it plays. The whole
+    at once would hold the event loop, and the GIL (so no thread helps), for about 50 ms a million samples."""
+
+    __slots__ = ("_seq", "shape")
+    ndim = 1
+
+    def __init__(self, seq: list[object] | tuple[object, ...], length: int) -> None:
+        self._seq = seq
+        self.shape = (length,)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        start, stop, _ = part.indices(self.shape[0])
+        try:
+            audio = np.asarray(self._seq[start:stop])
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"reply audio samples {start}..{stop} are not numbers: {exc}") from None
+        if audio.ndim != 1:
+            raise FormatError(f"reply audio samples {start}..{stop} are not a flat list of numbers")
+        try:
+            return _checked_dtype(audio)
+        except FormatError as exc:
+            raise FormatError(f"reply audio samples {start}..{stop}: {exc}") from None
+
+    def head(self, n: int) -> _LazySamples:
+        """The first ``n`` samples (a reply's length bound), still unconverted."""
+        return _LazySamples(self._seq, max(0, min(n, self.shape[0])))
+
+
+def _checked_dtype(audio: np.ndarray) -> np.ndarray:
+    if audio.dtype != np.int16 and not (np.issubdtype(audio.dtype, np.floating)
+                                        or np.issubdtype(audio.dtype, np.integer)):
+        raise FormatError(f"reply audio has unsupported dtype {audio.dtype}")
+    return audio
+
+
+def _time_major(samples: object) -> np.ndarray | _LazySamples:
+    """The chunk as a 1-D array, or 2-D (time, channels), without converting or copying its samples (a long
+    flat Python list is left a list, converted as it plays)."""
+    if isinstance(samples, list | tuple) and len(samples) > LAZY_SAMPLES:
+        lazy = _LazySamples(samples, len(samples))
+        lazy[:1]  # (fails now, with the reply's other errors, if it is not a flat list of numbers)
+        return lazy
     audio = np.asarray(samples)
     if audio.ndim == 2:
         if 1 in audio.shape:  # fastrtc hands out (1, n) arrays; (n, 1) is as common
@@ -50,10 +92,7 @@ def _time_major(samples: object) -> np.ndarray:
             audio = audio.T
     if audio.ndim not in (1, 2):
         raise FormatError(f"reply audio must be a 1-D (or single-channel 2-D) array, got shape {audio.shape}")
-    if audio.dtype != np.int16 and not (np.issubdtype(audio.dtype, np.floating)
-                                        or np.issubdtype(audio.dtype, np.integer)):
-        raise FormatError(f"reply audio has unsupported dtype {audio.dtype}")
-    return audio
+    return _checked_dtype(audio)
 
 
 def _mono(part: np.ndarray) -> np.ndarray:
@@ -67,7 +106,7 @@ def _mono(part: np.ndarray) -> np.ndarray:
 @dataclass
 class _Source:
     rate: int
-    audio: np.ndarray  # time-major: the caller's array (a view), never copied whole
+    audio: np.ndarray | _LazySamples  # time-major: the caller's array (a view) or list, never copied whole
     pos: int = 0
 
 
@@ -85,6 +124,7 @@ class FrameEncoder:
         self._resampler: StreamResampler | None = None
         self._pending = np.empty(0, dtype=np.int16)
         self._sources: deque[_Source] = deque()
+        self.problems: list[str] = []  # chunks found bad as they were converted (their rest dropped), to report
 
     @property
     def queued(self) -> bool:
@@ -97,7 +137,8 @@ class FrameEncoder:
         audio = _time_major(samples)
         seconds = audio.shape[0] / rate
         if seconds > max_s:
-            audio = audio[:max(int(max_s * rate), 0)]
+            keep = max(int(max_s * rate), 0)
+            audio = audio.head(keep) if isinstance(audio, _LazySamples) else audio[:keep]
         if audio.shape[0]:
             self._sources.append(_Source(rate, audio))
         return seconds
@@ -124,7 +165,12 @@ class FrameEncoder:
             if max_frames is not None:  # just what the frames still wanted need (at least 10 ms)
                 want = (max_frames - len(frames)) * self.frame_samples - self._pending.size
                 step = min(step, max(math.ceil(want * src.rate / out_rate), src.rate // 100))
-            part = _mono(src.audio[src.pos:src.pos + step])
+            try:
+                part = _mono(src.audio[src.pos:src.pos + step])
+            except FormatError as exc:  # (a lazy list's later samples: the rest of this chunk is dropped)
+                self._sources.popleft()
+                self.problems.append(str(exc))
+                continue
             src.pos += part.size
             if src.pos >= src.audio.shape[0]:
                 self._sources.popleft()
