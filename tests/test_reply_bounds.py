@@ -191,6 +191,28 @@ def test_no_audio_within_the_first_chunk_timeout_stops_the_reply() -> None:
     assert not of(h.take(), Error) and h.core.reply_running(2)
 
 
+def test_a_timeout_is_logged_once_for_a_dialect_that_sends_no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """The core logs a reply it ends (timeout, refusal) as it happens; the runner's log of what a dialect
+    cannot send (Twilio takes no error messages) does not log that error a second time, but still logs
+    the errors the core did not."""
+    from types import SimpleNamespace
+
+    from wsstream.runner import log_unsent
+
+    caplog.set_level(logging.WARNING, logger="wsstream")
+    h = Harness(first_chunk_timeout_s=0.5)
+    h.turn()
+    h.reply(1, (RATE, np.zeros(0, np.int16)), done=False)
+    h.now = h.core.deadline
+    h.core.poll(h.now)
+    runner = SimpleNamespace(core=h.core, id="s1")
+    for event in [*h.take(), Error("reply function failed: ValueError: x")]:
+        log_unsent(runner, event)  # type: ignore[arg-type]
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("reply timed out" in line for line in lines) == 1, lines
+    assert sum("reply function failed" in line for line in lines) == 1, lines
+
+
 def test_a_function_still_running_after_the_reply_timeout_is_stopped_and_its_audio_plays_out() -> None:
     h = Harness(reply_timeout_s=2.0)
     h.turn()

@@ -683,7 +683,7 @@ class StreamCore:
         self.metrics.inc(counter)
         facts = self.facts
         log.warning("%s stream %s: %s", facts.dialect, facts.client_id or facts.session_id, message)
-        self._emit(Error(message))
+        self._emit(Error(message, logged=True))
         self._emit(CancelReply(reply.seq))
         reply.state = ReplyState.DRAINING
         self._pump(now)

@@ -110,6 +110,7 @@ class FetchOutput:
 @dataclass(frozen=True, slots=True)
 class Error:
     message: str
+    logged: bool = field(default=False, compare=False)  # the core wrote it to the server's log already
 
 
 @dataclass(frozen=True, slots=True)

@@ -375,6 +375,8 @@ def log_unsent(runner: StreamRunner, event: OutEvent) -> None:
     name = type(event).__name__
     ctx = runner.core.context
     dialect, key = ctx.dialect, ctx.client_id or runner.id  # (the caller's id: Twilio's streamSid)
+    if isinstance(event, Error) and event.logged:
+        return  # (the core logged it, with the stream's ids, when it happened)
     if isinstance(event, Error | Warning):
         log.warning("%s stream %s: %s: %s", dialect, key, name.lower(), event.message)
     elif isinstance(event, Log):
