@@ -182,10 +182,11 @@ def masked_ms(clean: np.ndarray, mixed: np.ndarray, turns: list[tuple[int, int]]
     sub = rate // 125
     out = []
     for _start, end in turns:
-        m = int(0.3 * rate) // sub
+        m = min(int(0.3 * rate), end) // sub
         tail = clean[end - m * sub:end].astype(np.float64).reshape(m, sub)
         after = (mixed - clean)[end:end + rate // 2].astype(np.float64)
-        loud = np.nonzero((tail ** 2).mean(axis=1) >= (after ** 2).mean())[0]
+        noise_power = (after ** 2).mean() if after.size else 0.0
+        loud = np.nonzero((tail ** 2).mean(axis=1) >= noise_power)[0]
         out.append((m - 1 - loud[-1]) * sub * 1000 / rate if loud.size else 300.0)
     return out
 

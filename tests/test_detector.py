@@ -410,3 +410,19 @@ def test_a_stops_closure_inside_the_tail_does_not_end_it() -> None:
     paused = first_pause(probs, flat.reshape(-1, 4))
     end = (lead + talk + 1 + coda) * W
     assert end <= paused.speech_end <= end + 2 * SUB
+
+
+def test_in_babble_a_short_turn_keeps_the_models_trailing_windows_that_stand_out() -> None:
+    # A turn no longer than min_speech (its speaker windows all in the onset), then six windows the model
+    # calls speech that stand 3 dB out of a babble room: they count as for a longer turn.
+    rng = np.random.default_rng(12)
+    offsets = []
+    for talk in (8, 12):
+        lead, trail = 40, 6
+        probs = [0.0] * lead + [0.95] * talk + [0.9] * trail + [0.05] * 40
+        flat = -40.0 + 3.0 * rng.standard_normal(len(probs) * 4)
+        flat[lead * 4:(lead + talk) * 4] = -20.0
+        flat[(lead + talk) * 4:(lead + talk + trail) * 4] = -37.0
+        paused = first_pause(probs, flat.reshape(-1, 4))
+        offsets.append(paused.speech_end - (lead + talk) * W)
+    assert offsets[0] >= 64 * 16 and abs(offsets[0] - offsets[1]) <= SUB, offsets

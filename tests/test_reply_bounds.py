@@ -105,8 +105,9 @@ def test_a_long_python_list_is_converted_a_slice_at_a_time() -> None:
 
 
 def test_a_long_list_bad_part_way_plays_what_came_before_then_warns() -> None:
-    """A list whose sample 30,000 is not a number: what comes before it plays; then a warning, the rest
-    of that chunk dropped, and the reply goes on (its next chunk plays, then its mark)."""
+    """A list whose sample 30,000 is not a number: the slices before the one holding it play (up to
+    SLICE_S before it may go with that slice); then a warning, the rest of that chunk dropped, and the
+    reply goes on (its next chunk plays, then its mark)."""
     h = Harness()
     h.turn()
     bad: list[object] = tone(4 * RATE).tolist()
@@ -119,6 +120,48 @@ def test_a_long_list_bad_part_way_plays_what_came_before_then_warns() -> None:
     assert played[:16000 * 2] == tone(4 * RATE)[:16000].tobytes()  # (the first slice, before the bad one)
     assert played.endswith(tone(320).tobytes())
     assert trace(events)[-2:] == ["mark:reply-1", "ended:1:played"]
+
+
+def test_a_long_list_shortened_after_it_was_yielded_does_not_hang_playout() -> None:
+    """The list is the caller's, read as it plays: emptied after the function was stopped (a timeout; a
+    generator's cleanup), what was converted plays, the rest is refused with a warning, and playout ends
+    (an empty slice must never loop)."""
+    h = Harness(reply_timeout_s=0.5)
+    h.turn()
+    samples = tone(4 * RATE).tolist()
+    events = h.reply(1, (RATE, samples), done=False)
+    h.now = h.core.deadline
+    h.core.poll(h.now)
+    samples.clear()
+    events += h.take() + h.play()
+    assert any(type(e).__name__ == "Warning" and "shortened after it was yielded" in e.message for e in events)
+    assert trace(events)[-2:] == ["mark:reply-1", "ended:1:played"]
+
+
+@pytest.mark.parametrize("kind", ["nested", "zeros-then-floats", "ints-then-floats"])
+def test_long_lists_read_as_the_whole_list_would_be(kind: str) -> None:
+    """Lists of rows ((n, 1), (n, 2)) are converted whole, as before; a list of floats that begins with
+    integer silence is read as floats throughout; integers (int16's scale) then floats are refused where
+    the floats begin, after what came before played."""
+    n = 4 * RATE
+    mono = tone(n).astype(np.float64) / 32768
+    if kind == "nested":
+        samples: list = np.stack([mono, mono], axis=1).tolist()
+        want = encode(to_int16(np.stack([mono, mono], axis=1)), "pcm16")
+    elif kind == "zeros-then-floats":
+        samples = [0] * 1000 + mono[1000:].tolist()
+        want = encode(to_int16(np.concatenate([np.zeros(1000), mono[1000:]])), "pcm16")
+    else:
+        samples = tone(RATE).tolist() + mono[RATE:].tolist()
+        want = tone(RATE).tobytes()
+    enc = FrameEncoder(AudioFormat())
+    enc.feed(RATE, samples)
+    frames = []
+    while enc.queued:
+        frames += enc.take(10)
+    got = b"".join(frames + enc.flush())
+    assert got == want
+    assert bool(enc.problems) == (kind == "ints-then-floats")
 
 
 def test_a_long_list_that_is_not_numbers_is_refused_when_fed() -> None:
@@ -211,6 +254,12 @@ def test_a_timeout_is_logged_once_for_a_dialect_that_sends_no_errors(caplog: pyt
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("reply timed out" in line for line in lines) == 1, lines
     assert sum("reply function failed" in line for line in lines) == 1, lines
+    # a function that raised: the runner logged it (with its traceback), so the error says so
+    h.turn()
+    h.reply(2, (RATE, tone(320)), done=False)
+    h.core.reply_done(2, h.now, ValueError("bad"), logged=True)
+    (error,) = of(h.take(), Error)
+    assert error.message == "reply function failed: ValueError: bad" and error.logged
 
 
 def test_a_function_still_running_after_the_reply_timeout_is_stopped_and_its_audio_plays_out() -> None:

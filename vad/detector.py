@@ -40,10 +40,10 @@ the pause is counted from where the signal says the speech ended (back-dating,
   ``lookback_ms`` before the speaker's last window to ``tail_ms`` after it: the
   argmax of their cumulative excess over a bar (the room as heard after the
   speech, its 90th percentile; before that is known, the learned room's mean plus
-  its spread), a tail past the last window ending at three sub-windows under the
+  its spread), a tail past the last window ending at five sub-windows under the
   bar, plus one sub-window (the speech may go on under the bar for part of it).
-  The tail may hold a lull shorter than 40 ms (a stop's closure before a quiet
-  coda); five sub-windows under the bar in a row end it.
+  (So the tail may hold a lull of up to 32 ms: the closure of a stop before a
+  quiet coda, whose window the speaker's gate does not reach.)
 * It is never taken earlier than ``lookback_ms`` before the model's last speech
   window, as long as that window follows the speaker's without a break and
   within ``tail_ms``: the model may hear a tail the level cannot see under
@@ -165,7 +165,7 @@ _EXCESS_SIGMAS = 1.0  # before the room after the speech is heard, the bar is th
 _EXCESS_MIN = 0.12  # ... or at least this fraction of the mean (0.5 dB), however steady the room
 _LOCAL_MS = 192.0  # the room as heard after the speech's latest end, once this long, sets the bar ...
 _LOCAL_QUANTILE = 0.9  # ... at this quantile of its power: passed as rarely in a steady noise as in babble
-_TAIL_BREAK = 5  # sub-windows under the bar in a row (40 ms: longer than a stop's closure in a word) that end a tail
+_TAIL_BREAK = 5  # sub-windows under the bar in a row that end a tail (a stop's closure before a coda is shorter)
 _SNR_A = 16.0  # the speaker's loud level this far over the room or less: the model's end is trusted most ...
 _SNR_B = 26.0  # ... this far or more: as in a quiet room (linear between)
 _LB_MIN = 0.65  # most trusted: the end at most this fraction of lookback_ms before the model's last window
@@ -529,7 +529,7 @@ class PauseDetector:
         windows whose power stood out of the room."""
         b = self.background
         last = self._model_end
-        if b.count and b.level_var >= _BUSY_ROOM_DB ** 2:
+        if b.count >= _SETTLED_SUBWINDOWS and b.level_var >= _BUSY_ROOM_DB ** 2:
             last = min(last, self._evident_end + self._evident_gap)
         return last - self._trust_lookback()
 
@@ -586,7 +586,7 @@ class PauseDetector:
 
     def _check_onset(self, end: int, events: list[DetectorEvent]) -> None:
         if end - self.onset >= self._min_speech:
-            self._model_end = self._vad_speech_end
+            self._model_end = self._evident_end = self._vad_speech_end
             self._run_open = True
             self.state = State.TALKING
             self.in_silence = False

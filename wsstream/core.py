@@ -659,15 +659,15 @@ class StreamCore:
             self._emit(Warning(f"reply function yielded an unsupported {type(item).__name__}; "
                                "expected (sample_rate, ndarray), AdditionalOutputs or CloseStream"))
 
-    def reply_done(self, seq: int, now: float, error: BaseException | None = None) -> None:
-        """Reply ``seq``'s function has returned (or raised ``error``): what it produced still plays
-        to its last sample."""
+    def reply_done(self, seq: int, now: float, error: BaseException | None = None, logged: bool = False) -> None:
+        """Reply ``seq``'s function has returned (or raised ``error``, ``logged`` already by the caller):
+        what it produced still plays to its last sample."""
         reply = self._reply
         if reply is None or reply.seq != seq or reply.state is not ReplyState.RUNNING:
             return
         if error is not None:
             self.metrics.inc("reply_errors")
-            self._emit(Error(f"reply function failed: {type(error).__name__}: {error}"))
+            self._emit(Error(f"reply function failed: {type(error).__name__}: {error}", logged=logged))
         reply.state = ReplyState.DRAINING  # (its last frame is made once all it fed is converted: _fill)
         self._pump(now)
 

@@ -43,27 +43,52 @@ def reply_rate(rate: object) -> int:
 
 class _LazySamples:
     """A long flat list (or tuple) of samples, made an array only a slice at a time as it plays. The whole
-    at once would hold the event loop, and the GIL (so no thread helps), for about 50 ms a million samples."""
+    at once would hold the event loop, and the GIL (so no thread helps), for about 50 ms a million samples.
+    Integers are read on int16's scale and floats as -1..1, as for the whole list: a list that turns to
+    floats after integers is read as floats if those integers were silence (0, +-1), else refused from
+    there on. The list must not change once yielded."""
 
-    __slots__ = ("_seq", "shape")
+    __slots__ = ("_floats", "_int_peak", "_seq", "shape")
     ndim = 1
 
     def __init__(self, seq: list[object] | tuple[object, ...], length: int) -> None:
         self._seq = seq
         self.shape = (length,)
+        self._floats = False
+        self._int_peak = 0
 
-    def __getitem__(self, part: slice) -> np.ndarray:
-        start, stop, _ = part.indices(self.shape[0])
+    def check(self) -> None:
+        """Fail now, with the reply's other errors, if its first sample is not a number."""
+        self._convert(0, 1)
+
+    def _convert(self, start: int, stop: int) -> np.ndarray:
+        where = f"reply audio samples {start}..{stop}"
         try:
             audio = np.asarray(self._seq[start:stop])
         except (TypeError, ValueError) as exc:
-            raise FormatError(f"reply audio samples {start}..{stop} are not numbers: {exc}") from None
+            raise FormatError(f"{where} are not numbers: {exc}") from None
         if audio.ndim != 1:
-            raise FormatError(f"reply audio samples {start}..{stop} are not a flat list of numbers")
+            raise FormatError(f"{where} are not a flat list of numbers")
+        if audio.size < stop - start:
+            raise FormatError(f"{where}: the list was shortened after it was yielded")
         try:
             return _checked_dtype(audio)
         except FormatError as exc:
-            raise FormatError(f"reply audio samples {start}..{stop}: {exc}") from None
+            raise FormatError(f"{where}: {exc}") from None
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        start, stop, _ = part.indices(self.shape[0])
+        audio = self._convert(start, stop)
+        if np.issubdtype(audio.dtype, np.floating):
+            if not self._floats:
+                if self._int_peak > 1:
+                    raise FormatError(f"reply audio samples {start}..{stop} are floats after integer samples")
+                self._floats = True
+        elif self._floats:
+            audio = audio.astype(np.float64)  # (as the whole list, of floats, would have been read)
+        elif audio.size:
+            self._int_peak = max(self._int_peak, int(np.abs(audio).max()))
+        return audio
 
     def head(self, n: int) -> _LazySamples:
         """The first ``n`` samples (a reply's length bound), still unconverted."""
@@ -80,9 +105,9 @@ def _checked_dtype(audio: np.ndarray) -> np.ndarray:
 def _time_major(samples: object) -> np.ndarray | _LazySamples:
     """The chunk as a 1-D array, or 2-D (time, channels), without converting or copying its samples (a long
     flat Python list is left a list, converted as it plays)."""
-    if isinstance(samples, list | tuple) and len(samples) > LAZY_SAMPLES:
+    if isinstance(samples, list | tuple) and len(samples) > LAZY_SAMPLES and np.ndim(samples[0]) == 0:
         lazy = _LazySamples(samples, len(samples))
-        lazy[:1]  # (fails now, with the reply's other errors, if it is not a flat list of numbers)
+        lazy.check()
         return lazy
     audio = np.asarray(samples)
     if audio.ndim == 2:
@@ -170,6 +195,9 @@ class FrameEncoder:
             except FormatError as exc:  # (a lazy list's later samples: the rest of this chunk is dropped)
                 self._sources.popleft()
                 self.problems.append(str(exc))
+                continue
+            if not part.size:  # (never: a step is at least one sample; but an empty one must not spin)
+                self._sources.popleft()
                 continue
             src.pos += part.size
             if src.pos >= src.audio.shape[0]:

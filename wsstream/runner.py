@@ -215,6 +215,7 @@ class StreamRunner:
         set_context(cmd.context)
         core, loop, seq = self.core, self._loop, cmd.seq
         error: Exception | None = None
+        logged = False  # (the error is in the server's log already, with its traceback)
         try:
             # aclosing: on barge-in the function's generator is closed here, in this task (its finally
             # runs before the task ends), not later by the collector's finalizer in a task of its own
@@ -237,8 +238,8 @@ class StreamRunner:
             error = exc
         except Exception as exc:
             log.exception("reply function failed in stream %s", self.id)
-            error = exc
-        core.reply_done(seq, loop.time(), error)
+            error, logged = exc, True
+        core.reply_done(seq, loop.time(), error, logged)
         self._after()
 
     async def _run_spot(self, cmd: Spot) -> None:
