@@ -122,6 +122,19 @@ def test_a_long_list_bad_part_way_plays_what_came_before_then_warns() -> None:
     assert trace(events)[-2:] == ["mark:reply-1", "ended:1:played"]
 
 
+def test_what_a_bad_list_dropped_does_not_count_against_max_reply_s() -> None:
+    """4 s as a list, bad at sample 30,000 (found on the first fill: 2.5 s of it dropped), then 2 s more:
+    within a 5 s max_reply_s, since only 1.5 s of the list played."""
+    h = Harness(max_reply_s=5.0)
+    h.turn()
+    bad: list[object] = tone(4 * RATE).tolist()
+    bad[30_000] = "x"
+    events = h.reply(1, (RATE, bad), done=False)
+    events += h.reply(1, (RATE, tone(2 * RATE))) + h.play()
+    assert not of(events, Error), of(events, Error)
+    assert audio_bytes(events) == tone(4 * RATE)[:24000].tobytes() + tone(2 * RATE).tobytes()
+
+
 def test_a_long_list_shortened_after_it_was_yielded_does_not_hang_playout() -> None:
     """The list is the caller's, read as it plays: emptied after the function was stopped (a timeout; a
     generator's cleanup), what was converted plays, the rest is refused with a warning, and playout ends

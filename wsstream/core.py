@@ -719,8 +719,9 @@ class StreamCore:
         want = self.config.playout_queue_frames - len(frames)
         if want > 0 and encoder.queued:
             frames.extend(encoder.take(want))
-            for problem in encoder.problems:  # (a long list found bad part-way, as it played)
+            for problem, dropped_s in encoder.problems:  # (a long list found bad part-way, as it played)
                 self._emit(Warning(f"reply audio ignored: {problem}; the rest of that chunk was dropped"))
+                reply.audio_s -= dropped_s  # (not played: not counted against max_reply_s)
             encoder.problems.clear()
         if reply.state is ReplyState.DRAINING and not reply.flushed and not encoder.queued:
             frames.extend(encoder.flush(pad=self.config.pad_last_frame))

@@ -149,7 +149,8 @@ class FrameEncoder:
         self._resampler: StreamResampler | None = None
         self._pending = np.empty(0, dtype=np.int16)
         self._sources: deque[_Source] = deque()
-        self.problems: list[str] = []  # chunks found bad as they were converted (their rest dropped), to report
+        # chunks found bad as they were converted, to report: (why, seconds of it dropped)
+        self.problems: list[tuple[str, float]] = []
 
     @property
     def queued(self) -> bool:
@@ -194,7 +195,7 @@ class FrameEncoder:
                 part = _mono(src.audio[src.pos:src.pos + step])
             except FormatError as exc:  # (a lazy list's later samples: the rest of this chunk is dropped)
                 self._sources.popleft()
-                self.problems.append(str(exc))
+                self.problems.append((str(exc), (src.audio.shape[0] - src.pos) / src.rate))
                 continue
             if not part.size:  # (never: a step is at least one sample; but an empty one must not spin)
                 self._sources.popleft()
