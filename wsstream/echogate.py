@@ -55,6 +55,7 @@ _FLOOR = 1e-10  # energy floor per band (float scale): far under any int16 signa
 _BAND_EDGES_HZ = tuple(100.0 * 2 ** (k / 3) for k in range(20))  # third octaves, 100 Hz .. 6.3 kHz ...
 _TOP_HZ = 8000.0  # ... up to 8 kHz (or Nyquist)
 _NOISE_QUANTILE = 0.1  # a band's room noise: this percentile of its energy over the history held
+_NEAR = 512  # samples: a write this close to the end of the last one is its continuation (Ring.append)
 _ACTIVE = 1e-3  # a reference frame takes part in the path's fit when this close to its band's loudest
 
 
@@ -88,6 +89,28 @@ class _Ring:
         self.lo = max(self.lo, self.hi - cap)
         if start < self.lo:
             self.lo = max(start, self.hi - cap)
+
+    def append(self, samples: np.ndarray, start: int) -> bool:
+        """The usual write, fast: ``samples`` go on at most ``_NEAR`` samples from where the last write ended
+        (the reference is slewed towards the microphone's clock a few samples at a time), and neither they
+        nor a gap before them wrap. False (nothing written) when that is not so: ``write`` then handles it."""
+        hi, cap, n = self.hi, self.capacity, samples.size
+        end = start + n
+        low = start if start < hi else hi
+        i = low % cap
+        if end < hi or start < self.lo or start - hi > _NEAR or i + end - low > cap or n > cap:
+            return False
+        buf = self.buf
+        if start > hi:
+            buf[i:i + start - hi] = 0  # (the skipped stretch is silence)
+            i += start - hi
+        elif start < hi:
+            i = start % cap
+        buf[i:i + n] = samples
+        self.hi = end
+        if end - cap > self.lo:
+            self.lo = end - cap
+        return True
 
     def _put(self, samples: np.ndarray, start: int) -> None:
         i = start % self.capacity
@@ -139,6 +162,19 @@ class _Bands:
         return self.rows[i:i + last - first]
 
 
+class _Fit:
+    """What the last full fit learned: enough to judge the frames after it without fitting again."""
+
+    __slots__ = ("clean", "lag", "last", "noise", "path")
+
+    def __init__(self, lag: int, path: np.ndarray, noise: np.ndarray, last: int, clean: bool) -> None:
+        self.lag = lag  # the delay (frames) at the end of its window
+        self.path = path  # the echo path per band it judged with
+        self.noise = noise  # the room's noise per band
+        self.last = last  # one past the last frame it judged
+        self.clean = clean  # it found the echo alone, well explained: frames after it may be judged by it
+
+
 class EchoGate:
     """Is someone talking over the reply's echo? One per stream."""
 
@@ -148,7 +184,8 @@ class EchoGate:
                  margin_db: float = 3.0, talk_ratio: float = 1.0, bridge_ms: float = 250.0,
                  min_run_frames: int = 3, path_quantile: float = 0.5, growth_db: float = 3.0,
                  learn_spread_db: float = 3.5, poor_fit_db: float = 5.0, keep_score: float = 0.8,
-                 track_ms: float = 64.0, local_ms: float = 200.0, recent_s: float = 2.0) -> None:
+                 track_ms: float = 64.0, local_ms: float = 200.0, recent_s: float = 2.0,
+                 refit_ms: float = 1000.0) -> None:
         """``max_delay_ms``: the longest echo delay looked for (network and device included).
         ``history_s``: microphone kept; ``window_ms``: what one question looks at (a longer one is more
         exposed to the delay's drift). ``jitter_ms``: how far the delay may wander within the window;
@@ -171,7 +208,7 @@ class EchoGate:
         matrix = np.zeros((freqs.size, self.bands))
         for b in range(self.bands):
             matrix[(freqs >= edges[b]) & (freqs < edges[b + 1]), b] = 1.0
-        self._matrix = matrix
+        self._matrix2 = np.repeat(matrix, 2, axis=0)  # per (re, im) of each bin
         self._lags = int(np.ceil(max_delay_ms * rate / 1000 / hop))  # frames of delay searched, at most ...
         self._lag_lo = min(int(np.floor(min_delay_ms * rate / 1000 / hop)), 0)  # ... and at least
         self.max_delay = self._lags * hop
@@ -201,7 +238,11 @@ class EchoGate:
         self._mic_bands = _Bands(self, self._mic)
         self._ref_bands = _Bands(self, self._ref)
         self._played: list[list[int]] = []  # [start, end) stretches of reference, merged when they touch
-        self.delay: int | None = None  # the echo delay (samples) of the last answer, for diagnostics
+        self.delay: int | None = None  # the echo delay (samples) of the last full fit, for diagnostics
+        self._refit = max(int(round(refit_ms * rate / 1000 / hop)), 1)  # frames a fit judges for, at most
+        self._fit: _Fit | None = None
+        self._flags = np.zeros(0, dtype=bool)  # the talker flag of every frame judged, from _flags_first
+        self._flags_first = 0
 
     # ---- feeding: copies only --------------------------------------------------------------
 
@@ -209,12 +250,17 @@ class EchoGate:
         """Reply audio as it plays: int16 mono at ``rate`` whose first sample plays at input position
         ``start``. A stretch may begin before the last one ended (the caller re-anchored its timing): the
         later audio replaces the earlier from there on."""
-        pcm = np.asarray(samples, dtype=np.int16).reshape(-1)
-        if pcm.size == 0:
+        if type(samples) is not np.ndarray or samples.ndim != 1:
+            samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        n = samples.size
+        if n == 0:
             return
-        self._ref.write(pcm, start)
-        end = start + pcm.size
+        end = start + n
         played = self._played
+        if played and played[-1][0] <= start <= played[-1][1] + self._hop and self._ref.append(samples, start):
+            played[-1][1] = max(played[-1][1], end)  # the usual case: the reply playing on, one copy
+            return
+        self._ref.write(samples, start)
         if played and played[-1][1] >= start:
             played[-1][1] = max(played[-1][1], end)
         else:
@@ -223,10 +269,12 @@ class EchoGate:
             played.pop(0)
 
     def microphone(self, samples: np.ndarray, start: int) -> None:
-        """Input audio at ``rate`` from input position ``start`` (contiguous with the last call)."""
-        pcm = np.asarray(samples, dtype=np.int16).reshape(-1)
-        if pcm.size:
-            self._mic.write(pcm, start)
+        """Input audio at ``rate`` from input position ``start`` (contiguous with the last call). Called for
+        every message of every stream: one copy into the ring, nothing computed."""
+        if type(samples) is not np.ndarray or samples.ndim != 1:
+            samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        if samples.size and not self._mic.append(samples, start):
+            self._mic.write(samples, start)
 
     @property
     def active(self) -> bool:
@@ -242,7 +290,12 @@ class EchoGate:
     def analyse(self, start: int, end: int) -> Verdict | None:
         """What the input between positions ``start`` and ``end`` (given to ``microphone``) holds beyond
         the echo. None when there is nothing to judge: no reference could be echoing then (every sound is
-        the user's), or less than a frame of input."""
+        the user's), or less than a frame of input.
+
+        Each frame is judged once, when first asked about: by the full fit (delay search and path fit over
+        the window) when the last fit is older than ``refit_ms``, found anyone but the echo, or explained
+        it poorly; else by the last fit's delay and path alone (a few vectorised operations over the new
+        frames), and if that finds anyone, the full fit judges again (only it may say someone talks)."""
         hop, frame = self._hop, self._frame
         end = min(end, self._mic.hi)
         if end - max(start, self._mic.lo) < frame or not self._playing(start - self.max_delay, end):
@@ -250,19 +303,36 @@ class EchoGate:
         last = (end - frame) // hop + 1  # frames first..last-1 end by ``end`` (frame k starts at k * hop)
         first = max(last - self._window_frames, -(-self._mic.lo // hop))
         span = max(-(-start // hop), first)  # the first frame of the question's own stretch
-        n = last - first
-        if n < 4 or span >= last:
+        if last - first < 4 or span >= last:
             return None
+        fit, have = self._fit, self._flags_first + len(self._flags)  # frames judged: flags_first..have-1
+        if have < first:  # nothing judged in this window yet
+            self._flags, self._flags_first, have = self._flags[:0], first, first
+        if (fit is None or not fit.clean or last - fit.last >= self._refit or last < have
+                or self._flags_first > first):
+            self._full_fit(first, last, end)
+        elif last > have:
+            new = self._extend(fit, have, last)
+            if new.any():  # someone, or the delay moved: the full fit decides
+                self._full_fit(first, last, end)
+            else:
+                keep = self._flags[first - self._flags_first:]
+                self._flags, self._flags_first = np.concatenate([keep, new]), first
+                memory = self._memory  # the path learned from echo alone still explains it: still recent
+                if memory is not None:
+                    self._memory = (memory[0], memory[1], end)
+        flags = self._flags[span - self._flags_first:last - self._flags_first]
+        assert self.delay is not None
+        return Verdict(flags, span * hop, hop, self.delay, self._bridge, self._min_run)
+
+    def _full_fit(self, first: int, last: int, end: int) -> None:
+        """The delay search and the path fit over frames first..last-1; every frame of them judged again."""
+        hop, n = self._hop, last - first
         mic = self._mic_bands.get(first, last)
         lag_lo, lag_hi, smear = self._lag_lo, self._lags, self._smear
         pre, post = len(smear) - 1 - self._jitter, self._jitter  # reference frames before / after the delay
-        # ref[k] is frame (origin + k). Frames from ``last`` on may still be written (a reply sent later plays
-        # from the input's present on), so they are computed each time, never kept.
-        origin = first - lag_hi - pre
-        ref = self._ref_bands.get(origin, last)
-        ahead = post - lag_lo
-        if ahead > 0:
-            ref = np.concatenate([ref, self._energies(self._ref, last, last + ahead)])
+        # ref[k] is frame (origin + k)
+        ref = self._ref_rows(first - lag_hi - pre, last + post - lag_lo, last)
         held = self._mic_bands.get(max(self._mic_bands.first, last - self._keep_frames), last)
         low = int(_NOISE_QUANTILE * (len(held) - 1))
         noise = np.partition(held, low, axis=0)[low] + _FLOOR
@@ -289,7 +359,9 @@ class EchoGate:
         # takes the lag within ``track`` of that one that fits best around it (its neighbours' evidence).
         lo_j, hi_j = max(j - self._track, 0), min(j + self._track, n_lags - 1) + 1
         k = self._local
-        local = np.cumsum(np.pad(contrib[lo_j:hi_j], ((0, 0), (k + 1, k))), axis=1)
+        padded = np.zeros((hi_j - lo_j, n + 2 * k + 1))
+        padded[:, k + 1:k + 1 + n] = contrib[lo_j:hi_j]
+        local = np.cumsum(padded, axis=1)
         local = local[:, 2 * k + 1:] - local[:, :-2 * k - 1]  # the sum over frames t-k..t+k, per lag
         frame_lag = lag_hi - (lo_j + np.argmax(local, axis=0))  # [n]
         # each frame's reference at its delay: mic frame t is frame first + t, its echo frame first + t - lag
@@ -307,20 +379,42 @@ class EchoGate:
         expected = smeared * path + noise
         excess = np.maximum(mic - self._margin * expected, 0.0).sum(axis=1)
         talking = excess > self._talk_ratio * expected.sum(axis=1)
-        flags = talking[span - first:]
-        if not talking.any() and spread <= self._learn_spread:
+        anyone = bool(talking.any())
+        if not anyone and spread <= self._learn_spread:
             self._memory = (lag_hi - j, fitted, end)  # echo alone, well explained: what the path is
-        return Verdict(flags, span * hop, hop, self.delay, self._bridge, self._min_run)
+        self._fit = _Fit(int(frame_lag[-1]), path, noise, last, not anyone and spread <= self._poor_fit)
+        self._flags, self._flags_first = talking, first
+
+    def _extend(self, fit: _Fit, first: int, last: int) -> np.ndarray:
+        """Frames first..last-1 judged by the last fit alone: its latest delay, its path, its noise."""
+        pre, post = len(self._smear) - 1 - self._jitter, self._jitter
+        mic = self._mic_bands.get(first, last)
+        ref = self._ref_rows(first - fit.lag - pre, last - fit.lag + post, last)  # [n + pre + post]
+        around = np.lib.stride_tricks.sliding_window_view(ref, pre + post + 1, axis=0)  # [n, bands, offsets]
+        smeared = (around * self._smear[::-1]).max(axis=2)
+        expected = smeared * fit.path + fit.noise
+        excess = np.maximum(mic - self._margin * expected, 0.0).sum(axis=1)
+        return excess > self._talk_ratio * expected.sum(axis=1)
+
+    def _ref_rows(self, first: int, last: int, written: int) -> np.ndarray:
+        """Reference band energies of frames first..last-1: those before ``written`` (the mic's frames so
+        far: no reference sent from now on can reach them) kept, those from there on computed each time."""
+        cut = min(max(written, first), last)
+        rows = self._ref_bands.get(first, cut) if cut > first else np.zeros((0, self.bands))
+        if last > cut:
+            rows = np.concatenate([rows, self._energies(self._ref, cut, last)])
+        return rows
 
     def _energies(self, ring: _Ring, first: int, last: int) -> np.ndarray:
-        """Band energies of frames first..last-1 of ``ring``'s timeline."""
+        """Band energies of frames first..last-1 of ``ring``'s timeline (vectorised over the frames: one
+        FFT call for all of them)."""
         if last <= first:
             return np.zeros((0, self.bands))
-        hop, frame = self._hop, self._frame
-        samples = ring.read(first * hop, (last - 1) * hop + frame)
-        frames = np.lib.stride_tricks.sliding_window_view(samples, frame)[::hop]
-        spec = np.fft.rfft(frames * self._window, axis=1)
-        return (spec.real ** 2 + spec.imag ** 2) @ self._matrix
+        hop = self._hop
+        halves = ring.read(first * hop, (last + 1) * hop).reshape(-1, hop)  # a frame is two hops
+        spec = np.fft.rfft(np.concatenate((halves[:-1], halves[1:]), axis=1) * self._window, axis=1)
+        parts = spec.view(np.float64)  # (re, im) pairs: re^2 + im^2 summed per band by one product
+        return (parts * parts) @ self._matrix2
 
     def _scores(self, mic: np.ndarray, ref_wide: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """How well the reference's band envelopes follow the microphone's at each lag, frame by frame:
@@ -351,7 +445,7 @@ class EchoGate:
         if heard.sum() >= 8:
             db = 10 * np.log10(ratio + 1e-30)
             centre = _column_quantile(db, heard, 0.5, least=1)
-            spread = float(np.median(np.abs(db - centre)[heard]))
+            spread = _median(np.abs(db - centre)[heard])
         return path, spread
 
 
@@ -362,6 +456,16 @@ def _column_quantile(values: np.ndarray, mask: np.ndarray, q: float, least: int)
     count = mask.sum(axis=0)
     pick = np.take_along_axis(ordered, (np.maximum(count - 1, 0) * q).astype(np.intp)[None, :], axis=0)[0]
     return np.where(count >= least, pick, 0.0)
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of a 1-D array, without its checks (a tenth of its cost at this size)."""
+    n = values.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(values, k)[k])
+    pair = np.partition(values, (k - 1, k))
+    return float(pair[k - 1] + pair[k]) / 2
 
 
 class Verdict:
