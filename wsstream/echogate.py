@@ -56,6 +56,7 @@ _BAND_EDGES_HZ = tuple(100.0 * 2 ** (k / 3) for k in range(20))  # third octaves
 _TOP_HZ = 8000.0  # ... up to 8 kHz (or Nyquist)
 _NOISE_QUANTILE = 0.1  # a band's room noise: this percentile of its energy over the history held
 _NEAR = 512  # samples: a write this close to the end of the last one is its continuation (Ring.append)
+_BLOCK_BYTES = 1 << 17  # the frames of one FFT call, at most (float64 samples)
 _ACTIVE = 1e-3  # a reference frame takes part in the path's fit when this close to its band's loudest
 
 
@@ -121,17 +122,19 @@ class _Ring:
             self.buf[:n - first] = samples[first:]
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Samples [start, end) as float64 in -1..1; what is not held is zero."""
-        out = np.zeros(end - start, dtype=np.float64)
+        """Samples [start, end) as int16 (a view of the ring where they are held without a wrap, else a
+        copy); what is not held is zero."""
         a, b = max(start, self.lo), min(end, self.hi)
+        i = a % self.capacity
+        if a == start and b == end and i + (end - start) <= self.capacity:
+            return self.buf[i:i + end - start]
+        out = np.zeros(end - start, dtype=np.int16)
         if a < b:
-            i = a % self.capacity
             n = b - a
             first = min(n, self.capacity - i)
             out[a - start:a - start + first] = self.buf[i:i + first]
             if first < n:
                 out[a - start + first:b - start] = self.buf[:n - first]
-            out *= 1.0 / 32768.0
         return out
 
 
@@ -185,7 +188,7 @@ class EchoGate:
                  min_run_frames: int = 3, path_quantile: float = 0.5, growth_db: float = 3.0,
                  learn_spread_db: float = 3.5, poor_fit_db: float = 5.0, keep_score: float = 0.8,
                  track_ms: float = 64.0, local_ms: float = 200.0, recent_s: float = 2.0,
-                 refit_ms: float = 1000.0) -> None:
+                 refit_ms: float = 2000.0) -> None:
         """``max_delay_ms``: the longest echo delay looked for (network and device included).
         ``history_s``: microphone kept; ``window_ms``: what one question looks at (a longer one is more
         exposed to the delay's drift). ``jitter_ms``: how far the delay may wander within the window;
@@ -200,7 +203,7 @@ class EchoGate:
         self.rate = rate
         hop = self._hop = int(round(hop_ms * rate / 1000))
         frame = self._frame = 2 * hop
-        self._window = np.hanning(frame + 1)[:frame]  # periodic Hann: flat sum at half overlap
+        self._window = np.hanning(frame + 1)[:frame] / 32768.0  # periodic Hann (flat sum at half overlap), int16 scale
         freqs = np.fft.rfftfreq(frame, 1.0 / rate)
         top = min(_TOP_HZ, rate / 2)
         edges = [e for e in _BAND_EDGES_HZ if e < top] + [top]
@@ -209,6 +212,9 @@ class EchoGate:
         for b in range(self.bands):
             matrix[(freqs >= edges[b]) & (freqs < edges[b + 1]), b] = 1.0
         self._matrix2 = np.repeat(matrix, 2, axis=0)  # per (re, im) of each bin
+        self._block = max(_BLOCK_BYTES // (8 * frame), 1)
+        self._work = (np.empty((self._block, frame)), np.empty((self._block, frame // 2 + 1), dtype=np.complex128),
+                      np.empty((self._block, 2 * (frame // 2 + 1))))
         self._lags = int(np.ceil(max_delay_ms * rate / 1000 / hop))  # frames of delay searched, at most ...
         self._lag_lo = min(int(np.floor(min_delay_ms * rate / 1000 / hop)), 0)  # ... and at least
         self.max_delay = self._lags * hop
@@ -271,10 +277,19 @@ class EchoGate:
     def microphone(self, samples: np.ndarray, start: int) -> None:
         """Input audio at ``rate`` from input position ``start`` (contiguous with the last call). Called for
         every message of every stream: one copy into the ring, nothing computed."""
-        if type(samples) is not np.ndarray or samples.ndim != 1:
-            samples = np.asarray(samples, dtype=np.int16).reshape(-1)
-        if samples.size and not self._mic.append(samples, start):
-            self._mic.write(samples, start)
+        ring = self._mic
+        if start == ring.hi and type(samples) is np.ndarray and samples.ndim == 1:  # the usual case, inline
+            n, cap = samples.size, ring.capacity
+            i = start % cap
+            if i + n <= cap:
+                ring.buf[i:i + n] = samples
+                ring.hi = end = start + n
+                if end - cap > ring.lo:
+                    ring.lo = end - cap
+                return
+        samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        if samples.size and not ring.append(samples, start):
+            ring.write(samples, start)
 
     @property
     def active(self) -> bool:
@@ -390,8 +405,11 @@ class EchoGate:
         pre, post = len(self._smear) - 1 - self._jitter, self._jitter
         mic = self._mic_bands.get(first, last)
         ref = self._ref_rows(first - fit.lag - pre, last - fit.lag + post, last)  # [n + pre + post]
-        around = np.lib.stride_tricks.sliding_window_view(ref, pre + post + 1, axis=0)  # [n, bands, offsets]
-        smeared = (around * self._smear[::-1]).max(axis=2)
+        width = pre + post + 1
+        s0, s1 = ref.strides
+        around = np.lib.stride_tricks.as_strided(ref, (len(ref) - width + 1, width, ref.shape[1]), (s0, s0, s1),
+                                                 writeable=False)  # [n, offsets, bands]
+        smeared = (around * self._smear[::-1, None]).max(axis=1)
         expected = smeared * fit.path + fit.noise
         excess = np.maximum(mic - self._margin * expected, 0.0).sum(axis=1)
         return excess > self._talk_ratio * expected.sum(axis=1)
@@ -406,15 +424,27 @@ class EchoGate:
         return rows
 
     def _energies(self, ring: _Ring, first: int, last: int) -> np.ndarray:
-        """Band energies of frames first..last-1 of ``ring``'s timeline (vectorised over the frames: one
-        FFT call for all of them)."""
-        if last <= first:
-            return np.zeros((0, self.bands))
-        hop = self._hop
-        halves = ring.read(first * hop, (last + 1) * hop).reshape(-1, hop)  # a frame is two hops
-        spec = np.fft.rfft(np.concatenate((halves[:-1], halves[1:]), axis=1) * self._window, axis=1)
-        parts = spec.view(np.float64)  # (re, im) pairs: re^2 + im^2 summed per band by one product
-        return (parts * parts) @ self._matrix2
+        """Band energies of frames first..last-1 of ``ring``'s timeline: one FFT call per block of frames,
+        into buffers kept for it (blocks of at most ``_BLOCK_BYTES``: a larger temporary costs several times
+        as much per frame, fresh pages from the system rather than memory the allocator keeps)."""
+        out = np.empty((max(last - first, 0), self.bands))
+        hop, frame, step = self._hop, self._frame, self._block
+        windowed, spec, power = self._work
+        for a in range(first, last, step):
+            b = min(a + step, last)
+            n = b - a
+            samples = ring.read(a * hop, (b + 1) * hop)
+            if not samples.any():  # (the reference before a reply began, after it ended: no FFT of silence)
+                out[a - first:b - first] = 0.0
+                continue
+            frames = np.lib.stride_tricks.as_strided(samples, (n, frame), (hop * samples.itemsize,
+                                                                           samples.itemsize), writeable=False)
+            np.multiply(frames, self._window, out=windowed[:n])  # (the window holds the int16 scale)
+            np.fft.rfft(windowed[:n], axis=1, out=spec[:n])
+            parts = spec[:n].view(np.float64)  # (re, im) pairs: re^2 + im^2 summed per band by one product
+            np.multiply(parts, parts, out=power[:n])
+            np.matmul(power[:n], self._matrix2, out=out[a - first:b - first])
+        return out
 
     def _scores(self, mic: np.ndarray, ref_wide: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """How well the reference's band envelopes follow the microphone's at each lag, frame by frame:
@@ -423,10 +453,16 @@ class EchoGate:
         n = mic.shape[0]
         m = np.cbrt(np.maximum(mic - noise, 0.0)).T  # [bands, n]
         m -= m.mean(axis=1, keepdims=True)
-        r = np.cbrt(ref_wide.T)  # [bands, n + lags]
-        views = np.lib.stride_tricks.sliding_window_view(r, n, axis=1).transpose(1, 0, 2)  # [lags+1, bands, n]
-        r_sum = views.sum(axis=2)
-        r_var = (views * views).sum(axis=2) - r_sum * r_sum / n
+        r = np.ascontiguousarray(np.cbrt(ref_wide.T))  # [bands, n + lags]
+        lags = r.shape[1] - n + 1
+        s0, s1 = r.strides
+        views = np.lib.stride_tricks.as_strided(r, (lags, r.shape[0], n), (s1, s0, s1), writeable=False)  # [j, b, t]
+        sums = np.zeros((r.shape[0], r.shape[1] + 1, 2))  # running sums of r and r^2 along the frames
+        np.cumsum(r, axis=1, out=sums[:, 1:, 0])
+        np.cumsum(r * r, axis=1, out=sums[:, 1:, 1])
+        window = (sums[:, n:] - sums[:, :lags]).transpose(1, 0, 2)  # [lags, bands, 2]: each lag's n frames
+        r_sum = window[..., 0]
+        r_var = window[..., 1] - r_sum * r_sum / n
         weight = 1.0 / np.sqrt(r_var * (m * m).sum(axis=1) + 1e-30)  # [lags + 1, bands]
         # (m's mean is zero, so r's mean needs no correction in the products)
         return np.einsum("jbt,bt,jb->jt", views, m, weight)
