@@ -188,7 +188,7 @@ class EchoGate:
                  min_run_frames: int = 3, path_quantile: float = 0.5, growth_db: float = 3.0,
                  learn_spread_db: float = 3.5, poor_fit_db: float = 5.0, keep_score: float = 0.8,
                  track_ms: float = 64.0, local_ms: float = 200.0, recent_s: float = 2.0,
-                 refit_ms: float = 2000.0) -> None:
+                 refit_ms: float = 1000.0) -> None:
         """``max_delay_ms``: the longest echo delay looked for (network and device included).
         ``history_s``: microphone kept; ``window_ms``: what one question looks at (a longer one is more
         exposed to the delay's drift). ``jitter_ms``: how far the delay may wander within the window;
