@@ -16,12 +16,24 @@ nothing has to be subtracted for a listener, only "is there more than the echo?"
 
 Sans-I/O and one timeline: microphone and reference (the reply as it plays) are
 positioned in samples of the input, at the input rate. Feeding copies samples
-into two bounded rings; the band energies of a frame are computed the first time a
-question needs them and kept, so a stream that never barges in pays for copies
-alone, and one that does pays for each frame once.
+into two bounded rings (one slice assignment per message); the band energies of a
+frame are computed the first time a question needs them, a block of frames per FFT
+call, and kept, so a stream that never barges in pays for copies alone, and one that
+does pays for each frame once. (Computing them as audio is fed would cost every
+stream with a reply playing some 0.25 ms per second at 16 kHz, 125 frames of
+microphone and reference at about 2 us each, most of them frames no question ever
+looks at.)
 
-Per question (numpy, vectorised over frames, bands and lags), over the last
-``window_ms`` of input:
+Each frame is judged once. The full fit below (numpy, vectorised over frames, bands
+and lags, over the last ``window_ms`` of input) runs when the last one is older than
+``refit_ms``, found anyone but the echo, or explained it poorly; in between, the new
+frames of a question are judged by the last fit's delay, path and noise alone (steps
+4 and 5 over those frames: a few vectorised operations), and should that find anyone,
+the full fit judges the window again: only it may say someone is talking. A delay
+that moves too far for the smear to cover therefore shows up as "someone" and is
+re-fitted at once; one that it covers is re-fitted within ``refit_ms``.
+
+The full fit:
 
 1. Band energies of microphone and reference frames (third-octave bands up to 8
    kHz, or the input's Nyquist: any rate, no resampler).
@@ -195,7 +207,9 @@ class EchoGate:
         ``tail_ms`` / ``tail_db_per_frame``: the reverberant tail an echo may carry after the sound that
         made it. ``margin_db`` / ``talk_ratio``: how much more than the predicted echo, and how much of
         it, makes a frame someone talking. ``bridge_ms``: gaps in a talker's frames that still count as
-        one run; ``min_run_frames``: fewer talking frames than this are a click, not a talker."""
+        one run; ``min_run_frames``: fewer talking frames than this are a click, not a talker.
+        ``refit_ms``: how long the frames after a full fit may be judged by it alone (the delay's drift
+        and the echo path's changes are followed this often, at least)."""
         if rate < 4000:
             raise ValueError(f"rate must be at least 4000 Hz, got {rate}")
         if not 0 < max_delay_ms <= 2000:
