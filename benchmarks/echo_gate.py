@@ -17,10 +17,10 @@ within a call, as it does on a real line. Both 16 kHz PCM16 and 8 kHz μ-law.
 * talker: 0.8 s into the reply, a sentence of another file's speaker is spoken
   over the echo; it must interrupt within interrupt_ms + 200 ms of its start.
 
-The cost is the time spent in the echo handling (feeding the gate, placing the
-reference, every question asked) per second of stream audio, next to the VAD's
-cost (``process_with_levels``) per second in the same run; and per second of
-barge (a stretch when the gate is asked again and again, the worst case).
+The cost is CPU time per second of stream audio, next to the VAD's
+(``process_with_levels``) in the same run: the gate's own (feeding it, every
+question asked) and the core's part of the echo handling (placing each reply frame
+on the input timeline, the echo clock), each timed exclusively.
 """
 
 from __future__ import annotations
@@ -51,37 +51,49 @@ FORMATS = (("pcm16", 16000), ("mulaw", 8000))
 
 
 class Clock:
-    """CPU seconds of this thread (a loaded machine does not inflate them) in the wrapped callables."""
+    """CPU seconds of this thread (a loaded machine does not inflate them) in the wrapped callables, each
+    field exclusive: a wrapped call inside another is counted in its own field and taken off the outer's."""
+
+    FIELDS = ("feed", "place", "ask", "vad")
 
     def __init__(self) -> None:
-        self.echo = 0.0  # feeding the gate and placing the reference
-        self.ask = 0.0  # the questions
+        self.feed = 0.0  # the gate's own feeding: EchoGate.microphone and .reference
+        self.place = 0.0  # the core's part: placing the reference on the input timeline, the echo clock
+        self.ask = 0.0  # the questions (EchoGate.analyse)
         self.vad = 0.0
         self.questions = 0
-        self.calls = {"echo": 0, "ask": 0, "vad": 0}  # outermost timed calls, to take the timer's own cost off
-        self._depth = 0  # (a wrapped call inside another is timed once, by the outer one)
+        self.calls = dict.fromkeys(self.FIELDS, 0)  # timed calls, to take the timer's own cost off
+        self._inner: list[float] = []  # per open timed call: the time of the timed calls inside it
 
     def wrap(self, fn: Callable[..., Any], field: str) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            self._depth += 1
+            self._inner.append(0.0)
             t = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    setattr(self, field, getattr(self, field) + time.thread_time() - t)
-                    self.calls[field] += 1
+                spent = time.thread_time() - t
+                inner = self._inner.pop()
+                setattr(self, field, getattr(self, field) + spent - inner)
+                self.calls[field] += 1
+                if self._inner:
+                    self._inner[-1] += spent
         return timed
+
+    def add(self, other: Clock) -> None:
+        for key in self.FIELDS:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+            self.calls[key] += other.calls[key]
+        self.questions += other.questions
 
     @staticmethod
     def overhead() -> float:
         """What timing a call that does nothing measures (s): taken off every timed call."""
         clock = Clock()
-        noop = clock.wrap(lambda: None, "echo")
+        noop = clock.wrap(lambda: None, "feed")
         for _ in range(100_000):
             noop()
-        return clock.echo / 100_000
+        return clock.feed / 100_000
 
 
 def band_pass(rate: int, taps: int = 129) -> np.ndarray:
@@ -109,15 +121,15 @@ def call(engine: VadEngine, clock: Clock, name: str, delay: float, atten: float,
     gate = core._echo
     assert isinstance(gate, EchoGate)
     for attr in ("microphone", "reference"):
-        setattr(gate, attr, clock.wrap(getattr(gate, attr), "echo"))
+        setattr(gate, attr, clock.wrap(getattr(gate, attr), "feed"))
     analyse = clock.wrap(gate.analyse, "ask")
 
     def counted(*args: Any) -> Any:
         clock.questions += 1
         return analyse(*args)
     gate.analyse = counted  # type: ignore[method-assign]
-    core._echo_reference = clock.wrap(core._echo_reference, "echo")  # type: ignore[method-assign]
-    core._echo_clock = clock.wrap(core._echo_clock, "echo")  # type: ignore[method-assign]
+    core._echo_reference = clock.wrap(core._echo_reference, "place")  # type: ignore[method-assign]
+    core._echo_clock = clock.wrap(core._echo_clock, "place")  # type: ignore[method-assign]
     process = clock.wrap(engine.process_with_levels, "vad")
 
     turn = manifest()["files"][name]["turns"][0]
@@ -240,26 +252,23 @@ def main() -> None:
             print(f"{encoding + ' ' + str(rate // 1000) + 'k':12} {case:7} {calls:5d} {failed:6d}   {detail}")
             for line in failures:
                 print(f"{'':34}{line}")
-            totals.echo += clock.echo
-            totals.ask += clock.ask
-            for key, value in clock.calls.items():
-                totals.calls[key] += value
-            totals.vad += clock.vad
-            totals.questions += clock.questions
+            totals.add(clock)
             seconds += stream_s
     print()
     cost = Clock.overhead()
-    totals.echo -= cost * totals.calls["echo"]
-    totals.ask -= cost * totals.calls["ask"]
-    totals.vad -= cost * totals.calls["vad"]
-    feed, ask, vad = (x / seconds * 1000 for x in (totals.echo, totals.ask, totals.vad))
+    for key in Clock.FIELDS:
+        setattr(totals, key, getattr(totals, key) - cost * totals.calls[key])
+    feed, place, ask, vad = (getattr(totals, key) / seconds * 1000 for key in Clock.FIELDS)
+    gate = feed + ask
     print(f"stream audio: {seconds:.0f} s (half of it replies, most of them echoing back); the timer's own "
           f"{cost * 1e6:.2f} us per timed call taken off")
-    print(f"echo handling: {feed + ask:.3f} ms CPU per stream-second ({feed:.3f} feeding the gate and placing the "
-          f"reference, {ask:.3f} in {totals.questions} questions, {totals.ask / max(totals.questions, 1) * 1e6:.0f} "
-          f"us each); VAD {vad:.3f} ms per stream-second: echo = {100 * (feed + ask) / vad:.1f}% of VAD")
-    print(f"a stream whose replies never echo pays the feeding alone: {feed:.3f} ms per stream-second")
-
+    print(f"VAD:  {vad:.3f} ms CPU per stream-second")
+    print(f"gate: {gate:.3f} ms CPU per stream-second = {100 * gate / vad:.1f}% of VAD ({feed:.3f} feeding it, "
+          f"{ask:.3f} in {totals.questions} questions, {totals.ask / max(totals.questions, 1) * 1e6:.0f} us each)")
+    print(f"core's part (the reference placed on the input timeline, the echo clock): {place:.3f}; "
+          f"echo handling in all {gate + place:.3f} ms = {100 * (gate + place) / vad:.1f}% of VAD")
+    print(f"a stream whose replies never echo pays the feeding alone: {feed + place:.3f} ms per stream-second "
+          f"({feed:.3f} of it the gate's)")
 
 if __name__ == "__main__":
     main()

@@ -136,6 +136,63 @@ def test_no_reference_no_verdict_and_the_rings_are_bounded() -> None:
     assert len(gate._mic_bands.rows) <= gate._keep_frames and len(gate._ref_bands.rows) <= gate._keep_frames
 
 
+
+def test_a_delay_that_jumps_100_ms_mid_call_is_followed(manifest: dict[str, Any]) -> None:
+    """A client that ran dry and plays the rest of the reply 100 ms later: the echo stays the echo (no talker
+    the core would interrupt for), and the gate's delay follows within 2 s of the change reaching the
+    microphone (a full fit at least every ``refit_ms``: a gate that never fits again stays at the old one)."""
+    rate = 16000
+    reply = np.concatenate([corpus_turn(manifest, "dialog_01.flac", 1, rate),
+                            corpus_turn(manifest, "dialog_01.flac", 3, rate)])  # ~10 s of speech
+    cut, before, after = 2 * rate, int(0.15 * rate), int(0.25 * rate)  # the reply from 2 s on plays 100 ms late
+    echo = np.zeros(reply.size + after)
+    echo[before:before + cut] = reply[:cut]
+    echo[cut + after:] = reply[cut:]
+    echo = np.convolve(echo * 10 ** (-6 / 20), band_pass(rate))[:echo.size] + room(rate, echo.size)
+    gate = EchoGate(rate)
+    delays: list[tuple[int, int | None]] = []
+    ask = gate.analyse
+
+    def analyse(start: int, end: int) -> Any:
+        verdict = ask(start, end)
+        delays.append((end, gate.delay))
+        return verdict
+    gate.analyse = analyse  # type: ignore[method-assign]
+    answers = ask_as_the_core(gate, reply, echo, rate, before)
+    assert [(pos, run) for pos, run in answers if run is not None and pos - run >= rate // 2] == []
+    changed = cut + after  # where the later echo reaches the microphone
+    assert all(d is not None and abs(d - before) <= 0.04 * rate for end, d in delays if end < changed)
+    late = [(end, d) for end, d in delays if end >= changed + 2 * rate]
+    assert late and all(d is not None and abs(d - after) <= 0.04 * rate for _, d in late), late[:3]
+
+
+def test_a_long_call_keeps_every_ring_and_buffer_bounded() -> None:
+    """Ten minutes of replies (1 s on, 0.5 s off) over noise, asked every 60 ms throughout: what the gate
+    holds is the same at the end as after the first minute."""
+    rate = 8000
+    gate = EchoGate(rate)
+    rng = np.random.default_rng(2)
+    noise = (rng.standard_normal(rate) * 300).astype(np.int16)
+    voice = (rng.standard_normal(rate) * 3000).astype(np.int16)
+    step = rate // 50
+    sizes: list[tuple[int, ...]] = []
+
+    def held() -> tuple[int, ...]:
+        return (gate._mic.buf.size, gate._ref.buf.size, len(gate._played), len(gate._mic_bands.rows),
+                len(gate._ref_bands.rows), gate._flags.size)
+    for i in range(0, 600 * rate, step):
+        if i % (3 * rate // 2) < rate:  # a reply playing: 160 ms ahead, as the core sends it
+            gate.reference(voice[:step], i + int(0.16 * rate) + (i // step) % 3)  # (slewed a sample or two)
+        gate.microphone(noise[(i % rate) // step * step:][:step], i)
+        if i % (3 * step) == 0 and i:
+            gate.analyse(i - rate, i + step)
+        if i % (60 * rate) == 0:
+            sizes.append(held())
+    limits = (gate._mic.capacity, gate._ref.capacity, gate._ref.capacity // rate + 2, gate._keep_frames,
+              gate._keep_frames, gate._window_frames)
+    assert all(all(x <= cap for x, cap in zip(s, limits, strict=True)) for s in sizes), (sizes, limits)
+    assert held()[0:2] == sizes[1][0:2] and all(x <= cap for x, cap in zip(held(), limits, strict=True))
+
 # ---- the core's rules -----------------------------------------------------------------------
 
 
