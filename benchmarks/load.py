@@ -172,6 +172,43 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + apply_mask(payload, mask)
 
 
+
+async def pace_realtime(conns: list[dict[str, Any]], t_begin: float, stagger: float, end: float,
+                        skip: str | None = None) -> tuple[list[float], list[float]]:
+    """Send each connection's ``frames`` (looped) in real time until ``end``: stream i starts at its own
+    moment, staggered over ``stagger`` seconds, and sends frame k when its audio is captured, at
+    t0_i + (k + 1) * 20 ms. The ticker runs every STEP and serves only the streams whose phase falls in
+    that step's slot; a connection holding the key ``skip`` is left alone. Returns how late each step
+    woke and when its last frame was written (s after it was due)."""
+    slots = int(round(TICK / STEP))
+    by_slot: list[list[dict[str, Any]]] = [[] for _ in range(slots)]
+    for i, c in enumerate(conns):
+        c["t0"] = t_begin + round(stagger * i / max(len(conns), 1) / STEP) * STEP
+        by_slot[int(round((c["t0"] - t_begin) / STEP)) % slots].append(c)
+    lateness: list[float] = []
+    spread: list[float] = []
+    step = 0
+    while True:
+        due = t_begin + step * STEP
+        now = time.monotonic()
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.monotonic()
+        lateness.append(now - due)
+        if now >= end:
+            break
+        for c in by_slot[step % slots]:
+            if c["t0"] > due + 1e-9 or (skip is not None and skip in c):
+                continue  # not started yet (or left alone)
+            want = int(round((due - c["t0"]) / TICK))  # frames captured by now
+            fr = c["frames"]
+            while c["sent"] < want:
+                c["transport"].write(fr[c["sent"] % len(fr)])
+                c["sent"] += 1
+        spread.append(time.monotonic() - due)
+        step += 1
+    return lateness, spread
+
 async def generate(url: str, n: int, duration: float, stagger: float, files: list[str]) -> dict[str, Any]:
     from _corpus import load
 
@@ -198,37 +235,8 @@ async def generate(url: str, n: int, duration: float, stagger: float, files: lis
         c["transport"] = transport
         conns.append(c)
 
-    # Real clients are not synchronised: stream i starts at its own moment (staggered over --stagger
-    # seconds) and sends frame k when its audio is captured, at t0_i + (k + 1) * 20 ms. The ticker runs
-    # every STEP and serves only the streams whose phase falls in that step's slot.
     t_begin = time.monotonic()
-    slots = int(round(TICK / STEP))
-    by_slot: list[list[dict[str, Any]]] = [[] for _ in range(slots)]
-    for i, c in enumerate(conns):
-        c["t0"] = t_begin + round(stagger * i / max(n, 1) / STEP) * STEP
-        by_slot[int(round((c["t0"] - t_begin) / STEP)) % slots].append(c)
-    lateness, spread = [], []
-    step = 0
-    end = t_begin + stagger + duration
-    while True:
-        due = t_begin + step * STEP
-        now = time.monotonic()
-        if due > now:
-            await asyncio.sleep(due - now)
-            now = time.monotonic()
-        lateness.append(now - due)
-        if now >= end:
-            break
-        for c in by_slot[step % slots]:
-            if c["t0"] > due + 1e-9:
-                continue  # not started yet
-            want = int(round((due - c["t0"]) / TICK))  # frames captured by now
-            fr = c["frames"]
-            while c["sent"] < want:
-                c["transport"].write(fr[c["sent"] % len(fr)])
-                c["sent"] += 1
-        spread.append(time.monotonic() - due)  # when this step's last frame was written
-        step += 1
+    lateness, spread = await pace_realtime(conns, t_begin, stagger, t_begin + stagger + duration)
     await asyncio.sleep(2.0)  # let the last pauses and replies arrive
     for c in conns:
         c["transport"].write(_client_frame(8, (1000).to_bytes(2, "big")))

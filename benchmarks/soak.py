@@ -50,11 +50,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from load import _client_frame, _RawClient, proc_rss_mb, taskset  # noqa: E402
+from load import _client_frame, _RawClient, pace_realtime, proc_rss_mb, taskset  # noqa: E402
 
 FRAME = 320  # samples: 20 ms at 16 kHz
 TICK = 0.02
-STEP = 0.002  # the good streams' ticker
 SAMPLE_S = 10.0  # RSS and fd sampling interval
 KINDS = ("slow_reader", "flood", "garbage", "abrupt")
 # 2-byte binary frames, 8192 in one write (issue 13's amplification attack): 64 KB on the wire
@@ -221,12 +220,19 @@ class Misbehaving:
             await asyncio.sleep(TICK)
         return proto.lost.done()
 
-    async def slow_reader(self, life: dict[str, Any]) -> None:
-        transport, proto = await open_bare(self.host, self.port, rcvbuf=4096)
+    async def _open(self, life: dict[str, Any], rcvbuf: int | None = None) -> tuple[Any, Any] | None:
+        """A connection upgraded on /ws (None, the life's outcome "refused", if the server would not)."""
+        transport, proto = await open_bare(self.host, self.port, rcvbuf=rcvbuf)
         if not await upgrade(transport, proto, self.host, self.port):
             life["outcome"] = "refused"
             transport.abort()
+            return None
+        return transport, proto
+
+    async def slow_reader(self, life: dict[str, Any]) -> None:
+        if (opened := await self._open(life, rcvbuf=4096)) is None:
             return
+        transport, proto = opened
         transport.pause_reading()  # from now on nothing is read: the window closes, the server's output backs up
         transport.write(start_frame(life["id"]))
         dropped = await self._stream(transport, proto, SLOW_LIFE_S)
@@ -241,11 +247,9 @@ class Misbehaving:
 
     async def flood(self, life: dict[str, Any], tiny: bool | None = None) -> None:
         """Lives alternate 2-byte frames and whole speech frames (``tiny`` chooses one)."""
-        transport, proto = await open_bare(self.host, self.port)
-        if not await upgrade(transport, proto, self.host, self.port):
-            life["outcome"] = "refused"
-            transport.abort()
+        if (opened := await self._open(life)) is None:
             return
+        transport, proto = opened
         transport.write(start_frame(life["id"]))
         if tiny is None:
             tiny = len(self.lives) % 2 == 0
@@ -308,11 +312,9 @@ class Misbehaving:
         transport.abort()
 
     async def abrupt(self, life: dict[str, Any]) -> None:
-        transport, proto = await open_bare(self.host, self.port)
-        if not await upgrade(transport, proto, self.host, self.port):
-            life["outcome"] = "refused"
-            transport.abort()
+        if (opened := await self._open(life)) is None:
             return
+        transport, proto = opened
         transport.write(start_frame(life["id"]))
         await self._stream(transport, proto, self.rng.uniform(2.0, 12.0))
         if len(self.lives) % 2:
@@ -348,30 +350,7 @@ async def generate(host: str, port: int, n_good: int, n_bad: int, duration: floa
            for i in range(n_bad)]
     bad_tasks = [asyncio.create_task(b.run()) for b in bad]
 
-    slots = int(round(TICK / STEP))
-    by_slot: list[list[dict[str, Any]]] = [[] for _ in range(slots)]
-    for i, c in enumerate(goods):
-        c["t0"] = t_begin + round(stagger * i / max(n_good, 1) / STEP) * STEP
-        by_slot[int(round((c["t0"] - t_begin) / STEP)) % slots].append(c)
-    step, lateness = 0, []
-    while True:
-        due = t_begin + step * STEP
-        now = time.monotonic()
-        if due > now:
-            await asyncio.sleep(due - now)
-            now = time.monotonic()
-        lateness.append(now - due)
-        if now >= end:
-            break
-        for c in by_slot[step % slots]:
-            if c["t0"] > due + 1e-9 or "lost_at" in c:
-                continue
-            want = int(round((due - c["t0"]) / TICK))
-            fr = c["frames"]
-            while c["sent"] < want:
-                c["transport"].write(fr[c["sent"] % len(fr)])
-                c["sent"] += 1
-        step += 1
+    lateness, _ = await pace_realtime(goods, t_begin, stagger, end, skip="lost_at")
     await asyncio.gather(*bad_tasks)
     await asyncio.sleep(MATCH_AFTER_S)  # the last turns' pauses and replies
     for c in goods:
