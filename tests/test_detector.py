@@ -426,3 +426,53 @@ def test_in_babble_a_short_turn_keeps_the_models_trailing_windows_that_stand_out
         paused = first_pause(probs, flat.reshape(-1, 4))
         offsets.append(paused.speech_end - (lead + talk) * W)
     assert offsets[0] >= 64 * 16 and abs(offsets[0] - offsets[1]) <= SUB, offsets
+
+
+# ---- deciding inside a window, and before the model has scored the audio ---------------------------
+
+
+def _settled_turn() -> tuple[list[float], np.ndarray, int]:
+    lead, talk = 32, 40
+    end = (lead + talk) * W - 3 * SUB
+    probs = [0.0] * lead + [0.9] * (talk + 2) + [0.05] * 40
+    return probs, speech_levels(len(probs), end, room_from=lead), end
+
+
+def test_the_pause_is_decided_at_the_sub_window_it_falls_due() -> None:
+    probs, levels, end = _settled_turn()
+    ours = first_pause(probs, levels)
+    due = ours.speech_end + 9600 + SUB  # pause_ms and a sub-window's margin
+    assert ours.at == -(-due // SUB) * SUB  # the sub-window, not the end of its window
+    assert ours.at % W != 0 or due % W == 0
+    assert ours.at >= end + 9600  # still never before the truth
+
+
+def test_peek_decides_on_levels_the_model_has_not_scored() -> None:
+    probs, levels, _ = _settled_turn()
+    det = PauseDetector(DetectorOptions(), 16000, W)
+    whole = first_pause(probs, levels)
+    cut = whole.at // W  # stop pushing before the window in which it falls due
+    assert not [e for e in det.push(np.array(probs[:cut], dtype=np.float32), levels[:cut])
+                if isinstance(e, PauseDetected)]
+    due = det.due()
+    assert due is not None and due > det.position
+    ahead = levels[cut:cut + 3].reshape(-1)
+    assert det.peek(ahead[:(due - det.position) // SUB - 1]) is None  # not yet due: nothing changes
+    assert det.due() == due
+    early = det.peek(ahead)
+    assert early is not None and early.at == whole.at and early.speech_end == whole.speech_end
+    assert det.due() is None  # the turn has ended; the windows pushed later start afresh
+    assert not [e for e in det.push(np.array(probs[cut:], dtype=np.float32), levels[cut:])
+                if isinstance(e, PauseDetected)]
+
+
+def test_peek_is_held_off_by_the_speakers_voice() -> None:
+    probs, levels, _ = _settled_turn()
+    det = PauseDetector(DetectorOptions(), 16000, W)
+    whole = first_pause(probs, levels)
+    cut = whole.at // W
+    det.push(np.array(probs[:cut], dtype=np.float32), levels[:cut])
+    ahead = levels[cut:cut + 3].reshape(-1).copy()
+    ahead[1] = -20.0  # the speaker again, before it falls due
+    assert det.peek(ahead) is None and det.due() is not None
+    assert det.peek(np.full(12, -120.0)) is not None  # digital silence holds nothing off

@@ -59,7 +59,7 @@ def bounds(snr: int | None) -> tuple[float, float, float]:
 # Trusting the model's trailing probability enough to cover them would put the max past 700 ms on the
 # other turns (it trails the end by up to 150 ms in noise). At 10 dB more of such tails drown.
 SHORT: dict[tuple[int, str, int | None], dict[str, float]] = {
-    (16000, "white", 20): {"low": 560}, (16000, "pink", 20): {"low": 510}, (16000, "hum", 20): {"low": 560},
+    (16000, "white", 20): {"low": 560}, (16000, "pink", 20): {"low": 500}, (16000, "hum", 20): {"low": 560},
     (16000, "babble", 20): {"low": 560},
     (8000, "white", 20): {"low": 595}, (8000, "pink", 20): {"low": 560}, (8000, "hum", 20): {"low": 580},
     (8000, "babble", 20): {"low": 560, "max": 720}, (8000, "white", 10): {"low": 485},

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,6 +177,7 @@ _RESUME_MARGIN_DB = 3.0  # ... this of the gate resumes the turn only if the win
 _BUSY_ROOM_DB = 2.0  # a room whose sub-window level varies this much (its spread, dB) is talkers: babble ...
 _EVIDENT_SIGMAS = 0.5  # ... where the model's speech windows count only while their power stands this many
 _EVIDENT_MS = 64.0  # window spreads over the room's, or within this of one that did
+_DUE_MARGIN_MS = 8.0  # a pause decided inside a window waits a sub-window past pause_ms (see ``due``)
 
 def levels_db(windows: np.ndarray, parts: int = 4) -> np.ndarray:
     """RMS level in dBFS of ``parts`` equal sub-windows of each window: [n, window] -> [n, parts].
@@ -273,6 +275,7 @@ class PauseDetector:
         self._quiet_gap = int(round(_QUIET_GAP_MS * ms))
         self._resume_gap = int(round(_RESUME_GAP_MS * ms))
         self._evident_gap = int(round(_EVIDENT_MS * ms))
+        self._due_margin = int(round(_DUE_MARGIN_MS * ms))
         self.position = 0  # samples consumed so far
         self.noise_floor_db = -60.0  # (backdate=False) the floor the level tail is measured against
         self.background = _Background()
@@ -300,6 +303,7 @@ class PauseDetector:
         self.in_silence = False
         self._tentative_sent = False
         self._end_final = False  # the back-dated end has seen all the signal it depends on
+        self._settled = False  # ... and the model can no longer move it (see ``due``)
         self._local.clear()
         self._loud_end = 0  # end of the speaker's last window over the voice gate
         self._weak_end = -1  # end of the last window that, after a gap, was only just over it
@@ -372,6 +376,10 @@ class PauseDetector:
         parts = len(rows[0]) if rows else 4
         sub = self._sub = self.window // parts
         for p, row in zip(probs.tolist(), rows, strict=True):
+            if self._settled:
+                early = self.peek(row)
+                if early is not None:
+                    events.append(early)
             start = self.position
             end = start + self.window
             self.position = end
@@ -410,7 +418,7 @@ class PauseDetector:
                 if speaker:
                     self._vad_speech_end = self._model_end = self.speech_end = self._evident_end = end
                     self._run_open = True
-                    self._end_final = False
+                    self._end_final = self._settled = False
                     self._local.clear()
                     self._resume(end, events)
                 else:
@@ -428,6 +436,7 @@ class PauseDetector:
                 if self.in_silence and end - self._model_floor() >= need:
                     if len(self._local) >= self._min_local:
                         self.speech_end = self._backdated_end(end, self._local_bar())
+                        self._settled = end >= self._vad_speech_end + self._tail
                     elif not self._end_final:
                         self.speech_end = self._backdated_end(end, background.bar())
                         self._end_final = end >= self._vad_speech_end + self._tail
@@ -447,6 +456,38 @@ class PauseDetector:
                 quiet = self.state is State.IDLE and loudest < self.speaker_db - _SPEAKER_RANGE_DB
             self._learn_background(quiet, row)
         return events
+
+    def due(self) -> int | None:
+        """Where the pause falls due unless the speaker's voice comes first, once the end of speech can
+        no longer move (past ``tail_ms`` after the speaker's last window and with the room heard after
+        it); else None. From there only a sub-window at the speaker's gate can hold it off, which the
+        levels alone tell: so it can be decided inside a window, at 8 ms, and before the model has
+        scored the audio (``peek``). ``_DUE_MARGIN_MS`` more than pause_ms: the end is known to about a
+        sub-window, and at a window's end the wait past pause_ms averaged half a window."""
+        if self._settled and self.state is State.TALKING and self.in_silence:
+            return self.speech_end + self._pause + self._due_margin
+        return None
+
+    def peek(self, levels: Sequence[float] | np.ndarray) -> PauseDetected | None:
+        """The pause, if it falls due within the sub-windows after ``position`` whose levels (dBFS, in
+        order, at the sub-window size of ``push``'s levels) are given, none of them at the speaker's gate:
+        audio the model has not scored yet. Nothing changes unless it fires (then the turn has ended, at
+        the sub-window where it fell due); ``push`` still takes the same windows later."""
+        due = self.due()
+        if due is None:
+            return None
+        need = -(-(due - self.position) // self._sub)
+        if need <= 0 or len(levels) < need:
+            return None
+        gate = self._voice_gate()
+        if any(x >= gate for x in list(levels[:need])):
+            return None
+        return self._finish(self.position + need * self._sub, "pause")
+
+    @property
+    def sub_window(self) -> int:
+        """Samples per sub-window of the levels ``peek`` takes (that of the levels pushed last)."""
+        return self._sub
 
     def _local_bar(self) -> float:
         """The excess bar from the signal after the speech's latest possible end (the room as it sounds
