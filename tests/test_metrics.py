@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import json
 import sys
 import threading
@@ -332,3 +333,36 @@ def test_the_log_format_option_is_checked(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "wsstream.cli", "serve", "--log-format", "xml"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--log-format" in result.stderr
+
+
+def test_a_scrape_holds_when_the_loop_grows_its_dicts_while_it_copies_them() -> None:
+    """The race the threaded test above hits only now and then, made certain. A collection started inside the
+    scrape (by an allocation while it copies) runs Python code, gc callbacks and finalizers, during which the
+    loop's thread may run and count new names. Here a gc callback does that counting at the worst moment, while
+    ``collect`` itself is running; every copy it takes must survive that."""
+    metrics = Metrics()
+    for i in range(3000):  # (more items than CPython keeps spare tuples: copying them allocates, and collects)
+        metrics.observe(f"old_seconds_{i}", 0.01)
+        metrics.inc(f"old_{i}")
+        metrics.inc_labelled("protocol_errors", f"d{i}", "json")
+    grown: list[int] = []
+
+    def count_during_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and sys._getframe(1).f_code.co_name == "collect" and len(grown) < 200:
+            k = len(grown)
+            grown.append(k)
+            metrics.observe(f"new_seconds_{k}", 0.01)
+            metrics.inc(f"new_{k}")
+            metrics.inc_labelled("protocol_errors", f"n{k}", "json")
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(50)
+    gc.callbacks.append(count_during_collection)
+    try:
+        for _ in range(3):
+            metrics.render()
+    finally:
+        gc.callbacks.remove(count_during_collection)
+        gc.set_threshold(*threshold)
+    assert grown  # (collections did start inside collect)
+    assert value(families(metrics.render()), "wsstream_old_2999_total") == 1

@@ -149,7 +149,7 @@ class Hub:
         """Close every stream (1001), then stop the worker and the hooks still running."""
         self.draining = True
         self._closed = True
-        for runner in list(self._streams.values()):
+        for runner in dict(self._streams).values():
             runner.close(1001, "server shutting down")
         if self._streams:
             with contextlib.suppress(TimeoutError):
@@ -346,7 +346,7 @@ class Hub:
 
     def _live_figures(self) -> tuple[dict[str, float], dict[str, float]]:
         """What the scrape reads from elsewhere: counts open streams still hold, the worker's stats."""
-        samples = sum(runner.core.samples_in for runner in list(self._streams.values()))  # (a copy: see collect)
+        samples = sum(runner.core.samples_in for runner in dict(self._streams).values())  # (a copy: see collect)
         stats = self.worker.stats if self.worker else None
         counters = {
             "audio_samples_in": samples,

@@ -309,12 +309,14 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         """prometheus-client's collector protocol: our figures as metric families, sorted by name. It works on
-        copies (``dict()`` and ``list()`` of a dict are atomic in CPython), so a scrape from another thread, say
-        ``prometheus_client.start_http_server(registry=...)``, never meets a dict changing under it."""
+        ``dict(d)`` copies, which CPython makes without running Python code, so a scrape from another thread (say
+        ``prometheus_client.start_http_server(registry=...)``) never meets a dict changing under it. Not
+        ``list(d.items())``: its tuple per item may start the garbage collector, whose callbacks and finalizers
+        are Python code, during which the loop's thread may run and grow ``d``."""
         counters: Counter[str] = Counter(dict.fromkeys(ALWAYS, 0))
         counters.update(dict(self.counters))
         gauges = dict(self.gauges)
-        for source in self._live:
+        for source in tuple(self._live):
             more_counters, more_gauges = source()
             for name, value in more_counters.items():
                 counters[name] += value
@@ -336,7 +338,7 @@ class Metrics:
             families.append((name, family))
         for name, value in gauges.items():
             families.append((name, GaugeMetricFamily(_exposed(name), _help(name, "gauge"), value=value)))
-        for name, hist in list(self.histograms.items()):
+        for name, hist in dict(self.histograms).items():
             family = HistogramMetricFamily(_exposed(name), _help(name, "histogram"))
             family.add_metric([], hist.buckets(), sum_value=hist.sum)
             families.append((name, family))
