@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from vad.detector import PauseCancelled, PauseDetected, PauseDetector, PauseTentative, StartedTalking, State
+from vad.detector import (
+    DetectorEvent,
+    PauseCancelled,
+    PauseDetected,
+    PauseDetector,
+    PauseTentative,
+    StartedTalking,
+    State,
+)
 from vad.engine import VadStream
 from wsstream.codecs import AudioFormat, FormatError, decode
 from wsstream.config import StreamConfig
@@ -322,8 +330,9 @@ class StreamCore:
 
     def offer_audio(self, data: bytes, now: float | None = None) -> bool:
         """``receive(AudioIn(data))`` without the event: the per-message hot path (a few attribute
-        reads, one decode, two copies). ``now`` matters only for the first audio, which may start a
-        greeting (its timeouts count from then)."""
+        reads, one decode, two copies). ``now`` is needed for the first audio, which may start a
+        greeting (its timeouts count from then), and for a pause decided on this audio before the model
+        has scored it (``_decide_early``; without ``now``, the model's result decides it)."""
         state = self.state
         if state is not StreamState.STREAMING and state is not StreamState.NEW and state is not StreamState.STARTED:
             return True  # stopping or closed: audio after stop is not heard
@@ -352,6 +361,8 @@ class StreamCore:
         if self._echo is not None:
             self._echo.microphone(pcm, self.samples_in)
         self.samples_in += n
+        if now is not None and self.detector.due() is not None:
+            self._decide_early(now)
         return True
 
     # ---- VAD results -----------------------------------------------------------------
@@ -365,9 +376,51 @@ class StreamCore:
             self._echo_clock(now)
         detector = self.detector
         events = detector.push(probs, levels)
-        rate = detector.rate
         if self.debug:
-            self._emit(VadTrace([round(float(p), 3) for p in probs], round(detector.position / rate, 3)))
+            self._emit(VadTrace([round(float(p), 3) for p in probs], round(detector.position / detector.rate, 3)))
+        self._on_detector(events, now)
+        if self.state is StreamState.STOPPING and self._vad_caught_up():
+            self._end_last_turn(now)
+
+    def _decide_early(self, now: float) -> None:
+        """A pause whose end of speech has settled falls due at a known sample, and from there only the
+        speaker's voice can hold it off, which levels tell (``PauseDetector.peek``). So once the input up
+        to it has come, it is decided on that input's levels, without waiting for the model to score those
+        windows: the turn ends (and its reply starts) up to a window plus the inference wait sooner, at the
+        same sample. The levels are the input's own; at a rate the model does not take they still hold
+        the highs its resampled audio lacks, which errs towards waiting for the model, not an early end."""
+        detector = self.detector
+        due = detector.due()
+        if due is None or self.state is not StreamState.STREAMING:
+            return
+        if not self.options.can_interrupt and self._reply is not None:
+            return  # (speech now is not heard: the detector starts afresh after the reply)
+        sub, position = detector.sub_window, detector.position
+        need = -(-(due - position) // sub)
+        if need <= 0:
+            return
+        rate_in, rate = self.input_format.sample_rate, detector.rate
+        edges = (position + sub * np.arange(need + 1)) * rate_in // rate
+        first, last = int(edges[0]), int(edges[-1])
+        if last > self.samples_in:
+            return  # (not all of it has come yet)
+        audio = self.history.slice(first, last)
+        if audio.size != last - first:
+            return
+        x = audio.astype(np.float32) * np.float32(1 / 32768)
+        power = np.add.reduceat(x * x, edges[:-1] - first) / np.diff(edges)
+        ev = detector.peek(10.0 * np.log10(power + 1e-12))
+        if ev is None:
+            return
+        if self._echo is not None:
+            self._echo_clock(now)
+        self.metrics.inc("early_pauses")
+        self._on_detector([ev], now)
+
+    def _on_detector(self, events: list[DetectorEvent], now: float) -> None:
+        """What the detector's events (from the model's results, or decided early) do to the stream."""
+        detector = self.detector
+        rate = detector.rate
         can_interrupt = self.options.can_interrupt
         for ev in events:
             if (not can_interrupt and self._reply is not None) or self.state is StreamState.CLOSED:
@@ -414,8 +467,6 @@ class StreamCore:
         # Keep only what the next utterance can need.
         keep = (detector.position if idle else detector.onset) - self._history_margin
         self.history.trim(keep * self.input_format.sample_rate // rate)
-        if self.state is StreamState.STOPPING and self._vad_caught_up():
-            self._end_last_turn(now)
 
     def _to_input(self, position: int) -> int:
         return position * self.input_format.sample_rate // self.detector.rate

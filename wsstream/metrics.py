@@ -116,6 +116,8 @@ CATALOGUE: dict[str, Spec] = {
     "write_stall_closes": _counter("Connections closed because the client read nothing for --write-stall-s."),
     # ---- turns and replies -------------------------------------------------------------------
     "turns": _counter("User turns ended (pause_detected, a trigger, the end of input)."),
+    "early_pauses": _counter("Pauses decided on the input's levels as it came, before the model had scored its "
+                             "last windows (the end of speech had settled)."),
     "interruptions": _counter("Replies stopped by the user speaking over them (barge-in)."),
     "backchannels": _counter("Speech over a reply too short to interrupt it (heard, not answered)."),
     "echo_turns": _counter("Speech over a reply that the echo gate found to be the reply's own echo."),
