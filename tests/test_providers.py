@@ -32,7 +32,9 @@ from wsstream.reply import ReplyOnPause, current_context
 BOTH_DRIVERS = True
 
 LEAD = 0.16
-JITTER_BY_DRIVER = {"native": 0.05, "asgi": 0.1}  # as tests/test_telephony.py: delivery jitter allowed
+# delivery jitter allowed: wider than tests/test_telephony.py's on our driver, since here one client process runs
+# some 25 real-time calls at once next to the other test worker (seen over 50 ms late under -n 2)
+JITTER_BY_DRIVER = {"native": 0.08, "asgi": 0.1}
 PREFIX = 0.3
 HALF = [("dialog_00.flac", 2), ("dialog_02.flac", 1), ("dialog_04.flac", 2)]
 ROUTED = ("dialog_03.flac", 1)
