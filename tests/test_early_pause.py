@@ -86,11 +86,12 @@ def test_a_settled_pause_ends_the_turn_on_the_message_that_reaches_it(model: Sil
         assert len(early) == len(waited)
         for (at_early, fields), (at_waited, was) in zip(early, waited, strict=True):
             # The same turn, its end of speech as it stood when settled (the model's later windows may move
-            # the room's bar, and the end with it, by a sub-window), decided at the sub-window it falls due
-            # (pause_ms + 8 ms) where the model's result may have decided it at its window's end ...
-            assert abs(fields["speech_end"] - was["speech_end"]) <= 0.008 + 1e-9, (name, fields, was)
+            # the room's bar a little, and the end with it by up to two sub-windows), decided at the
+            # sub-window it falls due (pause_ms + 8 ms) where the model's result may have decided it at its
+            # window's end ...
+            assert abs(fields["speech_end"] - was["speech_end"]) <= 0.016 + 1e-9, (name, fields, was)
             assert fields["t"] - fields["speech_end"] >= 0.6 - 1e-9
-            assert abs(fields["t"] - was["t"]) <= 0.008 + 1e-9, (name, fields, was)
+            assert abs(fields["t"] - was["t"]) <= 0.016 + 1e-9, (name, fields, was)
             # ... never later on the clock, and mostly sooner: by the message that reached it
             assert at_early <= at_waited + 1e-9, (name, fields)
             gains.append(at_waited - at_early)
