@@ -387,8 +387,9 @@ class StreamCore:
         speaker's voice can hold it off, which levels tell (``PauseDetector.peek``). So once the input up
         to it has come, it is decided on that input's levels, without waiting for the model to score those
         windows: the turn ends (and its reply starts) up to a window plus the inference wait sooner, at the
-        same sample. The levels are the input's own; at a rate the model does not take they still hold
-        the highs its resampled audio lacks, which errs towards waiting for the model, not an early end."""
+        sub-window the model's result would have ended it. The levels are the input's own; at a rate the
+        model does not take they still hold the highs its resampled audio lacks, which errs towards waiting
+        for the model, not an early end."""
         detector = self.detector
         due = detector.due()
         if due is None or self.state is not StreamState.STREAMING:
@@ -400,10 +401,11 @@ class StreamCore:
         if need <= 0:
             return
         rate_in, rate = self.input_format.sample_rate, detector.rate
-        edges = (position + sub * np.arange(need + 1)) * rate_in // rate
-        first, last = int(edges[0]), int(edges[-1])
+        last = (position + sub * need) * rate_in // rate
         if last > self.samples_in:
             return  # (not all of it has come yet)
+        edges = (position + sub * np.arange(need + 1)) * rate_in // rate
+        first = int(edges[0])
         audio = self.history.slice(first, last)
         if audio.size != last - first:
             return
