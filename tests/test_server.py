@@ -120,6 +120,10 @@ async def test_realtime_latency_and_barge_in(cli_server: ServerProcess, manifest
             assert PAUSE <= latency <= PAUSE + 0.2 + 0.1, f"{name}: pause_detected {latency:.3f} s after turn end"
         starts = conv.logs("started_talking")
         assert len(starts) == len(ends)
+        # the reply follows its pause_detected at once (the echo answers at once): a socket that held small
+        # writes back (Nagle's algorithm, no TCP_NODELAY) made that 18-20 ms on every turn under uvicorn
+        gaps = [reply.started - pause["wall"] for reply, pause in zip(conv.replies, pauses, strict=True)]
+        assert min(gaps) < 0.01, f"{name}: response_starting {min(gaps) * 1000:.1f} ms after pause_detected at best"
         for reply, pause, nxt in zip(conv.replies, pauses, [*starts[1:], None], strict=True):
             assert reply.started >= pause["wall"]
             if reply.ended_by == "clear":
