@@ -47,7 +47,7 @@ from wsstream.hub import Hub, StreamRefused
 from wsstream.logs import STREAM_ID
 from wsstream.metrics import CONTENT_TYPE as METRICS_TYPE
 from wsstream.runner import StreamRunner, read_message, write_message
-from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON, THROTTLE_MIN_S, cap_send_buffer, peer_gone
+from wsstream.transport import CLOSE_TIMEOUT_S, STALL_REASON, THROTTLE_MIN_S, peer_gone, tune_socket
 from wsstream.wsframes import close_reason
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _Connection:
         await hub.start()
         transport = _transport(self.ws)
         if transport is not None:  # (where the server lets us reach its socket: uvicorn)
-            cap_send_buffer(transport)
+            tune_socket(transport)
         await self.ws.accept(subprotocol=self.admit.subprotocol)
         try:
             stream = hub.open_stream(dialect, self.admit.query)

@@ -139,7 +139,7 @@ class WsConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        cap_send_buffer(self.transport)
+        tune_socket(self.transport)
         self.last_seen = self._loop.time()
         self.host.connections.add(self)
         self._timer = self._loop.call_later(OPEN_TIMEOUT_S, self._abort)
@@ -577,14 +577,18 @@ def peer_gone(transport: asyncio.BaseTransport) -> bool:
         return False
 
 
-def cap_send_buffer(transport: asyncio.BaseTransport) -> None:
+def tune_socket(transport: asyncio.BaseTransport) -> None:
     """Cap the kernel's send buffer of ``transport``'s socket at SEND_BUFFER, so that a client that does
-    not read fills our write buffer within seconds and the write stall can see it."""
+    not read fills our write buffer within seconds and the write stall can see it; and set TCP_NODELAY,
+    which asyncio sets only on sockets that say they are TCP (an ASGI server given a socket made with
+    proto 0, as ``socket.create_server`` and uvicorn's ``--workers`` make them, has it off: Nagle's
+    algorithm then holds a reply frame sent right after ``pause_detected`` for about 20 ms)."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        except OSError:  # (not a socket that has one: nothing to cap)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # (not a TCP socket: nothing to tune)
             pass
 
 
