@@ -333,3 +333,47 @@ def test_drain_lets_calls_in_progress_finish(manifest: dict) -> None:
         assert time.monotonic() - t_hangup < 5
     finally:
         server.close()
+
+
+async def test_asgi_workers_share_the_port_and_stop_with_their_parent(manifest: dict) -> None:
+    """``--workers 2 --driver asgi``: uvicorn in each worker on the shared port, both serving corpus calls;
+    SIGTERM to the parent closes the live calls and all exit 0; SIGKILL to it stops the workers."""
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2", "--lead-ms", "600000", driver="asgi")
+    try:
+        names = ["dialog_01.flac", "dialog_05.flac"]
+        convs = await asyncio.gather(*(half_duplex(server.url, n, FMT, "binary", manifest) for n in names))
+        for conv, name in zip(convs, names, strict=True):
+            check_half_duplex(conv, name, manifest, FMT)
+        assert await asyncio.gather(*(ping(server.url + "/ws") for _ in range(16))) == ["pong"] * 16
+        workers = await asyncio.to_thread(metrics_by_worker, server.port, 2)
+        assert set(workers) == set(worker_pids(server))
+        assert sorted(m["wsstream_worker_index"] for m in workers.values()) == [0, 1]
+        served = [m.get("wsstream_sessions_total", 0) for m in workers.values()]
+        assert sum(served) == len(names) + 16 and min(served) > 0, served
+
+        pids = worker_pids(server)
+        live = [Conversation(server.url + "/ws", FMT) for _ in range(2)]
+        for conv in live:
+            await conv.__aenter__()
+        audio = load_corpus("dialog_01.flac")
+        senders = [asyncio.create_task(conv.send_audio(audio, speed=1.0)) for conv in live]
+        await asyncio.gather(*(conv.wait_for(lambda c: c.logs("started_talking"), 20) for conv in live))
+        server.proc.terminate()
+        codes = [await conv.wait_closed(15) for conv in live]
+        assert codes == [1001, 1001], codes  # (as on our transport: not uvicorn's own 1012)
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0, "".join(server.output)
+        assert not any(running(p) for p in pids)
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+    finally:
+        await asyncio.to_thread(server.close)
+
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2", driver="asgi")
+    pids = worker_pids(server)
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while any(running(p) for p in pids):
+        assert time.monotonic() < deadline, "workers outlived their parent"
+        await asyncio.sleep(0.1)

@@ -122,7 +122,7 @@ async def _serve(args: argparse.Namespace) -> None:
     config = config_from_args(args, reuse_port=worker)
     app = build_app(args)
     if args.driver == "asgi":
-        await _serve_asgi(app, config, args.log_format)
+        await _serve_asgi(app, config, args)
         return
     server = WsServer(app, config)
     server.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
@@ -142,15 +142,18 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.drain(config.drain_s)
 
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listening_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False) -> socket.socket:
     """A TCP listening socket for uvicorn, made with ``IPPROTO_TCP``: asyncio sets TCP_NODELAY on the
     connections it accepts only when the socket says it is TCP (``socket.create_server`` leaves its proto
     0). Without it, Nagle's algorithm held each small message sent right after another (a reply frame
-    after ``pause_detected``) until the first was acknowledged: about 20 ms on every turn."""
+    after ``pause_detected``) until the first was acknowledged: about 20 ms on every turn. ``reuse_port``:
+    one of ``--workers N``, which all listen on the same port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
     except BaseException:
@@ -159,22 +162,24 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     return sock
 
 
-async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, log_format: str = "text") -> None:
-    """The same endpoints through the ASGI driver, under uvicorn (``pip install wsstream[asgi]``)."""
+async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, args: argparse.Namespace) -> None:
+    """The same endpoints through the ASGI driver, under uvicorn (``pip install wsstream[asgi]``); as one of
+    ``--workers N`` too, like ours: on the shared port, ready told to the parent, gone when it is."""
     try:
         import uvicorn
 
         from wsstream.asgi import create_app, uvicorn_tls
     except ImportError as exc:
         raise SystemExit(f"--driver asgi needs the asgi extra (pip install 'wsstream[asgi]'): {exc}") from None
+    worker = args.worker_index is not None
     hub = Hub(app, config)
-    hub.metrics.gauges.update(worker_index=0, worker_pid=os.getpid())
-    sock = listening_socket(config.host, config.port)
+    hub.metrics.gauges.update(worker_index=args.worker_index or 0, worker_pid=os.getpid())
+    sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
     port = sock.getsockname()[1]
     started = asyncio.Event()
     asgi_app = create_app(hub, on_ready=started.set)
     # (in JSON, uvicorn's loggers go through ours: its own config would print them as text)
-    own_logs = {"log_config": None} if log_format == "json" else {}
+    own_logs = {"log_config": None} if args.log_format == "json" else {}
     server = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning", lifespan="on", ws="websockets-sansio",
                                            **own_logs,
                                            ws_max_size=config.max_message_bytes,
@@ -184,9 +189,36 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, log_format: str =
         serving = tasks.create_task(server.serve(sockets=[sock]))
         await started.wait()
         tune_process()
-        scheme = "wss" if config.tls else "ws"
-        print(f"wsstream: listening on {scheme}://{config.host}:{port}/ws (asgi)", flush=True)
+        stopping: list[asyncio.Task[None]] = []
+
+        def stop() -> None:
+            if not stopping:
+                stopping.append(tasks.create_task(_drain_asgi(hub, server, config.drain_s)))
+
+        # (ours, not uvicorn's, from here on: its own shutdown would close the calls with 1012 at once,
+        # before the hub could drain them or close them with 1001 as our transport does)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop)
+        if worker:
+            workers.watch_parent(args.parent_fd, stop)
+            workers.announce_ready(args.ready_fd, args.worker_index, port)
+        else:
+            scheme = "wss" if config.tls else "ws"
+            print(f"wsstream: listening on {scheme}://{config.host}:{port}/ws (asgi)", flush=True)
         await serving
+
+
+async def _drain_asgi(hub: Hub, server: Any, seconds: float) -> None:
+    """SIGTERM under uvicorn, as on our transport: refuse new calls, let those in progress go on for up to
+    ``seconds`` (``--drain-s``), close what is left with 1001, then let uvicorn stop."""
+    hub.draining = True
+    if seconds > 0 and hub.active:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.wait_idle(), seconds)
+    await hub.aclose()
+    server.should_exit = True
 
 
 async def _client(args: argparse.Namespace) -> int:
