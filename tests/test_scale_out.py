@@ -164,6 +164,18 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited; reaping it is not our concern
 
 
+async def workers_stop_when_the_parent_is_killed(driver: str, within: float = 15.0) -> None:
+    """SIGKILL to the parent of two workers: they notice (EOF on its pipe) and stop by themselves."""
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2", driver=driver)
+    pids = worker_pids(server)
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + within
+    while any(running(p) for p in pids):
+        assert time.monotonic() < deadline, "workers outlived their parent"
+        await asyncio.sleep(0.1)
+
+
 async def test_sigterm_closes_calls_and_parent_death_stops_workers(manifest: dict) -> None:
     """SIGTERM to the parent: every live call is closed with 1001, and all exit 0 at once.
     SIGKILL to the parent: the workers notice and stop by themselves."""
@@ -185,14 +197,7 @@ async def test_sigterm_closes_calls_and_parent_death_stops_workers(manifest: dic
         task.cancel()
     await asyncio.gather(*senders, return_exceptions=True)
 
-    server = await asyncio.to_thread(ServerProcess, "--workers", "2")
-    pids = worker_pids(server)
-    server.proc.kill()
-    server.proc.wait(10)
-    deadline = time.monotonic() + 10
-    while any(running(p) for p in pids):
-        assert time.monotonic() < deadline, "workers outlived their parent"
-        await asyncio.sleep(0.1)
+    await workers_stop_when_the_parent_is_killed("native")
 
 
 # ---- nginx in front of two instances ---------------------------------------------------------
@@ -369,11 +374,4 @@ async def test_asgi_workers_share_the_port_and_stop_with_their_parent(manifest: 
     finally:
         await asyncio.to_thread(server.close)
 
-    server = await asyncio.to_thread(ServerProcess, "--workers", "2", driver="asgi")
-    pids = worker_pids(server)
-    server.proc.kill()
-    server.proc.wait(10)
-    deadline = time.monotonic() + 15
-    while any(running(p) for p in pids):
-        assert time.monotonic() < deadline, "workers outlived their parent"
-        await asyncio.sleep(0.1)
+    await workers_stop_when_the_parent_is_killed("asgi")
