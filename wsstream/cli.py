@@ -213,10 +213,7 @@ async def _serve_asgi(app: ReplyOnPause, config: ServerConfig, args: argparse.Na
 async def _drain_asgi(hub: Hub, server: Any, seconds: float) -> None:
     """SIGTERM under uvicorn, as on our transport: refuse new calls, let those in progress go on for up to
     ``seconds`` (``--drain-s``), close what is left with 1001, then let uvicorn stop."""
-    hub.draining = True
-    if seconds > 0 and hub.active:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hub.wait_idle(), seconds)
+    await hub.let_finish(seconds)
     await hub.aclose()
     server.should_exit = True
 

@@ -145,6 +145,16 @@ class Hub:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def let_finish(self, seconds: float) -> None:
+        """The first half of a drain (SIGTERM with ``--drain-s``), whichever driver: refuse new streams and
+        give those open up to ``seconds`` to end by themselves. ``aclose`` closes what is left."""
+        self.draining = True
+        if seconds > 0:
+            if self._streams:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), seconds)
+            log.info("drain over: %d call(s) still open", len(self._streams))
+
     async def aclose(self) -> None:
         """Close every stream (1001), then stop the worker and the hooks still running."""
         self.draining = True

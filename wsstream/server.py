@@ -108,10 +108,7 @@ class WsServer:
         self.draining = True
         if self._server is not None and seconds > 0:
             self._server.close()
-            if self.hub.active:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.hub.wait_idle(), seconds)
-            log.info("drain over: %d call(s) still open", self.hub.active)
+            await self.hub.let_finish(seconds)
         await self.aclose()
 
     async def aclose(self) -> None:
