@@ -148,3 +148,19 @@ async def test_two_asgi_apps_share_one_hub(model: SileroModel, manifest: dict) -
     finally:
         await second.aclose()
         await first.aclose()
+
+
+async def test_stream_id_prefix_names_every_stream(model: SileroModel) -> None:
+    """An embedder running several servers (or --workers) gives each a prefix; the hub's ids carry it."""
+    seen: list[str] = []
+    async with wsstream.serve(ReplyOnPause(fn=reply), port=0, engine=VadEngine(model),
+                              stream_id_prefix="eu1-") as server:
+        server.hub.on("stream_opened")(lambda sid, fields: seen.append(sid))
+        for _ in range(2):
+            async with Conversation(f"{server.url}/ws", FMT) as conv:
+                await until(lambda: server.hub.streams())
+                await conv.send_audio(np.zeros(1600, dtype=np.int16))
+        await server.wait_idle()
+    assert seen == ["eu1-s1", "eu1-s2"]
+    with pytest.raises(ValueError, match="stream_id_prefix"):
+        wsstream.ServerConfig(stream_id_prefix="a b")

@@ -63,7 +63,7 @@ def metrics_by_worker(port: int, workers: int, tries: int = 200) -> dict[int, di
 @pytest.fixture(scope="module")
 def workers_server() -> Iterator[ServerProcess]:
     """Two workers, reply pacing lifted, the default total limit (500: 250 per worker)."""
-    server = ServerProcess("--workers", "2", "--lead-ms", "600000")
+    server = ServerProcess("--workers", "2", "--lead-ms", "600000", *JSON_DEBUG)
     yield server
     server.close()
     assert server.proc.returncode == 0, "".join(server.output)
@@ -111,6 +111,7 @@ async def test_two_workers_serve_corpus_conversations(workers_server: ServerProc
 
     status, body = await asyncio.to_thread(http_get, workers_server.port, "/healthz")
     assert (status, body) == (200, "ok\n")
+    check_stream_ids(workers_server, 2)
 
 
 async def test_total_concurrency_limit_is_split_across_workers() -> None:
@@ -149,6 +150,27 @@ def test_workers_refuse_a_port_in_use(workers_server: ServerProcess) -> None:
     proc = subprocess.run([sys.executable, "-m", "wsstream.cli", "serve", "--workers", "2",
                            "--port", str(workers_server.port)], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "cannot bind" in proc.stderr, proc.stderr
+
+
+JSON_DEBUG = ("--log-format", "json", "--log-level", "DEBUG")  # a line per event, with stream_id and pid
+
+
+def check_stream_ids(server: ServerProcess, workers: int) -> None:
+    """Stream ids are unique across the workers of one port: in the JSON log, each id is one process's,
+    and worker i's ids are w<i>-s1, w<i>-s2, ... (without the prefix, every worker counts from s1)."""
+    owners: dict[str, set[int]] = {}
+    for line in list(server.output):
+        if line.startswith("{"):
+            record = json.loads(line)
+            if "stream_id" in record:
+                owners.setdefault(record["stream_id"], set()).add(record["pid"])
+    assert owners, "no log line about a stream"
+    assert all(len(pids) == 1 for pids in owners.values()), owners
+    assert {re.fullmatch(r"(w\d+)-s\d+", sid).group(1) for sid in owners} == {f"w{i}" for i in range(workers)}
+    by_prefix: dict[str, set[int]] = {}
+    for sid, pids in owners.items():
+        by_prefix.setdefault(sid.partition("-")[0], set()).update(pids)
+    assert sorted(len(p) for p in by_prefix.values()) == [1] * workers  # a prefix is one worker's
 
 
 def worker_pids(server: ServerProcess) -> list[int]:
@@ -343,7 +365,8 @@ def test_drain_lets_calls_in_progress_finish(manifest: dict) -> None:
 async def test_asgi_workers_share_the_port_and_stop_with_their_parent(manifest: dict) -> None:
     """``--workers 2 --driver asgi``: uvicorn in each worker on the shared port, both serving corpus calls;
     SIGTERM to the parent closes the live calls and all exit 0; SIGKILL to it stops the workers."""
-    server = await asyncio.to_thread(ServerProcess, "--workers", "2", "--lead-ms", "600000", driver="asgi")
+    server = await asyncio.to_thread(ServerProcess, "--workers", "2", "--lead-ms", "600000", *JSON_DEBUG,
+                                     driver="asgi")
     try:
         names = ["dialog_01.flac", "dialog_05.flac"]
         convs = await asyncio.gather(*(half_duplex(server.url, n, FMT, "binary", manifest) for n in names))
@@ -355,6 +378,7 @@ async def test_asgi_workers_share_the_port_and_stop_with_their_parent(manifest: 
         assert sorted(m["wsstream_worker_index"] for m in workers.values()) == [0, 1]
         served = [m.get("wsstream_sessions_total", 0) for m in workers.values()]
         assert sum(served) == len(names) + 16 and min(served) > 0, served
+        check_stream_ids(server, 2)
 
         pids = worker_pids(server)
         live = [Conversation(server.url + "/ws", FMT) for _ in range(2)]

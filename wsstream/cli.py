@@ -119,7 +119,7 @@ def _run(main: Any, loop: str) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     worker = args.worker_index is not None  # one of --workers N, started by wsstream.workers
-    config = config_from_args(args, reuse_port=worker)
+    config = config_from_args(args, reuse_port=worker, stream_id_prefix=f"w{args.worker_index}-" if worker else "")
     app = build_app(args)
     if args.driver == "asgi":
         await _serve_asgi(app, config, args)

@@ -128,6 +128,9 @@ class ServerConfig:
     drain_s: float = _flag(0.0, "on SIGTERM/SIGINT, stop listening and let calls in progress go on for up to "
                                 "this many seconds before closing them (default 0: close at once with 1001)")
     reuse_port: bool = False  # set for the workers of --workers N
+    # Before each stream id (s1, s2, ...): --workers N gives worker i "w<i>-", so that ids are unique
+    # across the workers of one port, in logs and hooks alike (each worker counts its own streams).
+    stream_id_prefix: str = ""
     # Access control (wsstream.access), off by default: each setting applies to every WebSocket upgrade.
     auth_tokens: str | tuple[str, ...] = _secret(
         "shared secrets, comma-separated, one of which every WebSocket client must present (Authorization: "
@@ -161,6 +164,8 @@ class ServerConfig:
         _check(self.write_stall_s > 0, f"write_stall_s must be > 0, got {self.write_stall_s}")
         _check(self.drain_s >= 0, "drain_s must be >= 0")
         _check(self.reply_threads >= 1, f"reply_threads must be >= 1, got {self.reply_threads}")
+        _check(re.fullmatch(r"[A-Za-z0-9_.-]{0,32}", self.stream_id_prefix) is not None,
+               f"stream_id_prefix must be at most 32 of A-Z a-z 0-9 _ . -, got {self.stream_id_prefix!r}")
         self._check_access()
 
     def _check_access(self) -> None:

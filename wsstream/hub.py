@@ -202,8 +202,9 @@ class Hub:
             self.metrics.inc_labelled("protocol_errors", dialect.name, exc.kind)
             raise
         engine, narrowband = worker.engine, setup.config.narrowband_vad
-        core = StreamCore(self.app, lambda rate: engine.open_stream(rate, narrowband),
-                          stream_id=f"s{next(self._ids)}", dialect=dialect.name, input_format=setup.input_format,
+        stream_id = f"{self.config.stream_id_prefix}s{next(self._ids)}"
+        core = StreamCore(self.app, lambda rate: engine.open_stream(rate, narrowband), stream_id=stream_id,
+                          dialect=dialect.name, input_format=setup.input_format,
                           output_format=setup.output_format, config=setup.config, metrics=self.metrics)
         runner = StreamRunner(core, worker, observer=self._observe, spot_pool=self._spot_pool,
                               reply_pool=self.reply_pool)
@@ -212,6 +213,7 @@ class Hub:
         self._idle.clear()
         self._streams_changed()
         self._fire("stream_opened", runner.id, {"dialect": dialect.name})
+        log.debug("%s stream opened", dialect.name, extra={"stream_id": stream_id})
         return runner
 
     def _streams_changed(self) -> None:
@@ -227,6 +229,7 @@ class Hub:
                 follower.put(None)
             ctx = runner.core.context
             self._fire("stream_closed", runner.id, {"client_id": ctx.client_id, "dialect": ctx.dialect})
+            log.debug("%s stream closed (client id %s)", ctx.dialect, ctx.client_id, extra={"stream_id": runner.id})
         if not self._streams:
             self._idle.set()
 
