@@ -246,6 +246,49 @@ def test_inputs_set_by_the_client_follow_the_utterance() -> None:
     assert len(cmd.args) == 1 and cmd.kwargs == {"voice": "b"}
 
 
+def test_send_input_holds_the_reply_until_the_inputs_come_or_the_wait_ends() -> None:
+    """fastrtc's send_input: the reply is asked for at pause_detected, called once the client's inputs
+    come (with them), or after input_wait_s with those set before."""
+    h = Harness(ReplyOnPause(answer, interrupt_ms=0, input_wait_s=2.0), asks_inputs=True)
+    h.receive(SetInputs({"voice": "a"}))
+    events = h.run([SIL] * 5 + [SP] * 10 + [SIL] * PAUSE)
+    assert trace(events)[-2:] == ["log:pause_detected", "sendinput"]
+    assert h.core.reply_state is ReplyState.WAITING and h.core.deadline == pytest.approx(h.now + 2.0)
+    h.now += 0.3
+    (cmd,) = of(h.receive(SetInputs({"voice": "b"})), StartReply)
+    assert cmd.seq == 1 and cmd.kwargs == {"voice": "b"} and cmd.args[0][0] == RATE
+    assert cmd.args[0][1].size == (5 + 10 + PAUSE) * WIN  # the turn's audio (from 0: less than the prefix before it)
+    h.reply(1, (RATE, tone(FRAME)))
+    h.play()
+    # a client that does not answer: the reply is called at the end of the wait, with the inputs it had
+    events = h.run([SIL] * 5 + [SP] * 10 + [SIL] * PAUSE)
+    asked_at = h.now
+    assert trace(events)[-1] == "sendinput" and not of(events, StartReply)
+    h.now = h.core.deadline
+    assert h.now == pytest.approx(asked_at + 2.0)
+    h.core.poll(h.now)
+    (cmd,) = of(h.take(), StartReply)
+    assert cmd.seq == 2 and cmd.kwargs == {"voice": "b"}
+    counters = h.core.metrics.counters
+    assert (counters["inputs_asked"], counters["inputs_received"], counters["inputs_timeouts"]) == (2, 1, 1)
+
+
+def test_speech_while_a_reply_waits_for_its_inputs_drops_it() -> None:
+    h = Harness(ReplyOnPause(answer, interrupt_ms=0, input_wait_s=2.0), asks_inputs=True)
+    h.run([SIL] * 5 + [SP] * 10 + [SIL] * PAUSE)
+    events = h.run([SP] * ONSET)  # the user goes on before the inputs came: no function ran, none to cancel
+    assert trace(events) == ["log:started_talking", "ended:1:interrupted", "clear"]
+    assert not of(h.receive(SetInputs({"voice": "late"})), StartReply)  # (they are the next reply's)
+    (cmd,) = of(h.run([SIL] * PAUSE) + h.receive(SetInputs({"voice": "c"})), StartReply)
+    assert cmd.seq == 2 and cmd.kwargs == {"voice": "c"}
+
+
+def test_send_input_is_not_asked_where_the_dialect_cannot_carry_it() -> None:
+    h = Harness(ReplyOnPause(answer, interrupt_ms=0, input_wait_s=2.0))  # (a telephone bridge's setup)
+    events = h.run([SIL] * 5 + [SP] * 10 + [SIL] * PAUSE)
+    assert "sendinput" not in trace(events) and len(of(events, StartReply)) == 1
+
+
 # ---- pacing ---------------------------------------------------------------------------------
 
 

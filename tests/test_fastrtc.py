@@ -241,3 +241,48 @@ async def test_binary_frames_are_an_error_not_a_crash(rates_server: Any) -> None
         await client.wait_for(lambda c: {"event": "pong"} in c.msgs)
         assert client.msgs[0]["type"] == "error" and "binary" in client.msgs[0]["data"]
     assert server.metrics.count("protocol_errors", dialect="fastrtc") == 1
+
+
+async def test_send_input_asks_the_front_end_for_each_replys_inputs(make_server: Any, manifest: dict) -> None:
+    """fastrtc's additional inputs (``input_wait_s``): at each pause the server sends ``send_input`` and
+    calls the reply once the front end's inputs have come (a fastrtc app's ``/input_hook`` route calls
+    ``stream.set_input``; here the app's ``hub.set_input`` is called the same way), or after the wait
+    with the inputs it had."""
+    calls: list[tuple[str, float]] = []
+
+    async def reply(audio: tuple[int, np.ndarray], language: str = "en"):
+        calls.append((language, time.monotonic()))
+        yield AdditionalOutputs(language)
+        yield audio
+
+    server = await make_server(ReplyOnPause(fn=reply, input_sample_rate=16000, output_sample_rate=16000,
+                                            input_wait_s=1.0))
+    name = "dialog_06.flac"
+    audio = load_corpus(name, 16000)
+    starts = [int((t["start"] / 16000 - 0.35) * 16000) for t in manifest["files"][name]["turns"]]
+
+    def asked(c: FastrtcClient) -> int:
+        return sum(m.get("type") == "send_input" for m in c.msgs)
+
+    async with FastrtcClient(f"ws://127.0.0.1:{server.port}", "front-1", 16000, 16000) as client:
+        await client.send_mulaw(audio[:starts[1]])
+        await client.wait_for(lambda c: asked(c) == 1)
+        await asyncio.sleep(0.3)  # the front end takes its time to post them
+        answered = time.monotonic()
+        server.hub.set_input("front-1", language="fr")
+        await client.wait_for(lambda c: c.reply_done(0))
+        await client.send_mulaw(audio[starts[1]:starts[2]])  # this time it does not answer
+        await client.wait_for(lambda c: asked(c) == 2)
+        seen = time.monotonic()
+        await client.wait_for(lambda c: c.reply_done(1))
+    assert [m for m in client.msgs if m.get("type") == "send_input"] == [{"type": "send_input", "data": []}] * 2
+    assert [language for language, _ in calls] == ["fr", "fr"]  # (the second: those set before)
+    assert calls[0][1] >= answered  # the reply waited for the inputs ...
+    assert calls[1][1] - seen > 0.9  # ... or for input_wait_s
+    order = [m.get("type") if m.get("type") != "log" else m["data"] for m in client.msgs]
+    order = [k for k in order if k in ("pause_detected", "send_input", "fetch_output", "response_starting")]
+    assert order == ["pause_detected", "send_input", "fetch_output", "response_starting"] * 2
+    outputs = [m["data"] for m in client.msgs if m.get("type") == "fetch_output"]
+    assert outputs == [["fr"], ["fr"]]
+    counts = [server.metrics.count(f"inputs_{k}") for k in ("asked", "received", "timeouts")]
+    assert counts == [2, 1, 1]

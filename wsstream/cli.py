@@ -54,7 +54,7 @@ def build_app(args: argparse.Namespace) -> ReplyOnPause:
         overrides["can_interrupt"] = False
     rates = {name: getattr(args, name) for name in ("input_sample_rate", "output_sample_rate")
              if getattr(args, name)}
-    for name in ("interrupt_ms", "idle_prompt_s"):
+    for name in ("interrupt_ms", "idle_prompt_s", "input_wait_s"):
         if getattr(args, name) is not None:
             rates[name] = getattr(args, name)
     if args.speculative:
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="user speech over a reply that stops it (default 500; shorter is a backchannel; 0: any)")
     s.add_argument("--idle-prompt-s", type=float, default=None,
                    help="call the reply function after this much silence following a reply (default: never)")
+    s.add_argument("--input-wait-s", type=float, default=None,
+                   help="before each reply, send fastrtc's send_input on /ws and /websocket/offer and wait up to "
+                        "this long for the client's inputs (default: never asked)")
     s.add_argument("--speculative", action="store_true",
                    help="start the reply function at pause_tentative, its audio held until pause_detected")
     s.add_argument("--stop-word", action="append", default=[], metavar="WORD",

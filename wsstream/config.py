@@ -64,6 +64,7 @@ class StreamConfig:
     refill_ms: float = 40.0  # ... topped up when it falls this far below the lead (fewer wakeups)
     frame_ms: float = 20.0
     pad_last_frame: bool = False  # telephony wants every frame full-length
+    asks_inputs: bool = False  # the dialect can send fastrtc's send_input (/ws, /websocket/offer: their setup)
     max_utterance_s: float = _flag(120.0, "a turn longer than this ends anyway (bounds memory)")
     max_message_s: float = 2.0  # one audio message may carry at most this much audio (fits the VAD buffer)
     outbox_limit: int = 1024  # outbound events waiting for a client that does not read

@@ -52,6 +52,7 @@ from wsstream.events import (
     OutEvent,
     Ping,
     Pong,
+    SendInput,
     SetInputs,
     Start,
     Stop,
@@ -84,6 +85,7 @@ class StreamState(enum.Enum):
 
 class ReplyState(enum.Enum):
     IDLE = "idle"  # no reply
+    WAITING = "waiting"  # it asked the client for its inputs (send_input): its function is called once they come
     RUNNING = "running"  # the reply function is producing; its frames go out as they are due
     DRAINING = "draining"  # the function has ended; its last frames are still due
 
@@ -137,6 +139,9 @@ class _Reply:
     audio_s: float = 0.0  # seconds of audio it has yielded (bounded by max_reply_s)
     flushed: bool = False  # its encoder's last frame is out (it has ended and all it fed is converted)
     turn_at: float | None = None  # when the turn it answers ended (pause_detected): for the latency histogram
+    fn: Callable[..., Any] | None = None  # (WAITING) the function to call, and the arguments before the inputs
+    lead: tuple[Any, ...] = ()
+    wait_until: float = 0.0  # (WAITING) called then with the inputs it has, if none came
 
 
 class StreamCore:
@@ -268,7 +273,7 @@ class StreamCore:
         if isinstance(event, Start):
             self._on_start(event, now)
         elif isinstance(event, SetInputs):
-            self.set_inputs(event.data)
+            self.set_inputs(event.data, now)
         elif isinstance(event, Trigger):
             self.trigger(now)
         elif isinstance(event, MarkPlayed):
@@ -319,14 +324,19 @@ class StreamCore:
         if was_new and self.app.startup_fn is not None:
             self._begin_reply(self.app.startup_fn, (), {}, now, "startup")
 
-    def set_inputs(self, data: Any) -> None:
-        """fastrtc's ``set_input``: a list is positional, a dict keyword arguments, anything else one value."""
+    def set_inputs(self, data: Any, now: float | None = None) -> None:
+        """fastrtc's ``set_input``: a list is positional, a dict keyword arguments, anything else one value.
+        A reply waiting for them (``send_input``) is called with them now (given ``now``)."""
         if isinstance(data, list):
             self._args, self._kwargs = tuple(data), {}
         elif isinstance(data, dict):
             self._args, self._kwargs = (), dict(data)
         else:
             self._args, self._kwargs = (data,), {}
+        reply = self._reply
+        if reply is not None and reply.state is ReplyState.WAITING and now is not None:
+            self.metrics.inc("inputs_received")
+            self._call_waiting(reply, now)
 
     def offer_audio(self, data: bytes, now: float | None = None) -> bool:
         """``receive(AudioIn(data))`` without the event: the per-message hot path (a few attribute
@@ -672,10 +682,17 @@ class StreamCore:
         self.facts.reason = reason
         self._seq += 1
         turn_at, self._turn_at = (self._turn_at if reason == "turn" or reason == "trigger" else None), None
-        self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms), started=now,
-                             turn_at=turn_at)
-        self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
-        due = self._reply_due(self._reply)
+        reply = self._reply = _Reply(self._seq, FrameEncoder(self.output_format, self.config.frame_ms),
+                                     started=now, turn_at=turn_at)
+        wait = self.app.input_wait_s
+        if wait and fn is self.app.fn and self.config.asks_inputs:
+            # fastrtc's send_input: the client sends the reply's inputs now (hub.set_input, /ws's input)
+            reply.state, reply.fn, reply.lead, reply.wait_until = ReplyState.WAITING, fn, args[:1], now + wait
+            self.metrics.inc("inputs_asked")
+            self._emit(SendInput())
+        else:
+            self._emit(StartReply(self._seq, fn, args, kwargs, self.context))
+        due = self._reply_due(reply)
         if due is not None:
             self.deadline = due if self.deadline is None else min(self.deadline, due)
 
@@ -741,8 +758,19 @@ class StreamCore:
         reply.state = ReplyState.DRAINING
         self._pump(now)
 
+    def _call_waiting(self, reply: _Reply, now: float) -> None:
+        """The inputs have come (or the wait is over): call the function, with the inputs as they are now."""
+        reply.state, reply.started = ReplyState.RUNNING, now
+        self._emit(StartReply(reply.seq, reply.fn, (*reply.lead, *self._args), self._kwargs, self.context))
+        due = self._reply_due(reply)
+        if due is not None:
+            self.deadline = due if self.deadline is None else min(self.deadline, due)
+
     def _reply_due(self, reply: _Reply) -> float | None:
-        """When the running reply times out (first audio, whole function), if it does."""
+        """When the running reply times out (first audio, whole function), if it does; when the one waiting
+        for its inputs is called without them."""
+        if reply.state is ReplyState.WAITING:
+            return reply.wait_until
         if reply.state is not ReplyState.RUNNING:
             return None
         config = self.config
@@ -754,6 +782,13 @@ class StreamCore:
 
     def _check_reply_timeouts(self, now: float) -> None:
         reply = self._reply
+        if reply is not None and reply.state is ReplyState.WAITING and now >= reply.wait_until:
+            self.metrics.inc("inputs_timeouts")
+            facts = self.facts
+            log.warning("%s stream %s: no inputs within %g s of send_input (input_wait_s): the reply is called "
+                        "with those set before", facts.dialect, facts.client_id or facts.session_id,
+                        self.app.input_wait_s)
+            self._call_waiting(reply, now)
         if reply is None or reply.state is not ReplyState.RUNNING:
             return
         config = self.config

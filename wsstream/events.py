@@ -124,6 +124,11 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class SendInput:
+    """fastrtc's ``send_input``: the reply about to start wants the client's additional inputs now."""
+
+
+@dataclass(frozen=True, slots=True)
 class StopWord:
     """ReplyOnStopWords heard its stop word: what follows it is answered."""
 
@@ -145,4 +150,4 @@ class Refused:
 
 
 OutEvent = (Log | VadTrace | AudioOut | Mark | Clear | FetchOutput | Error | Warning | Pong | Close | Refused
-            | StopWord)
+            | StopWord | SendInput)

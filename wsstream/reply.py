@@ -82,12 +82,19 @@ class ReplyOnPause:
     # call) overlaps the rest of the pause; nothing it yields is sent before ``pause_detected``, and if
     # the speaker goes on (``pause_cancelled``) the call is cancelled (its ``finally`` runs).
     speculative: bool = False
+    # fastrtc's additional inputs, asked for: before each reply to a turn (or a trigger, an idle prompt) the
+    # server sends ``send_input`` on /ws and /websocket/offer and calls the function once the client's
+    # inputs come (``hub.set_input``, or /ws's ``input`` message), or after this many seconds with the
+    # inputs it has. None: never asked (the inputs last set are used).
+    input_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"ReplyOnPause needs a callable reply function, got {type(self.fn).__name__}")
         if not 0 <= self.interrupt_ms <= 10_000:
             raise ValueError(f"interrupt_ms must be from 0 to 10000, got {self.interrupt_ms!r}")
+        if self.input_wait_s is not None and not 0 < self.input_wait_s <= 60:
+            raise ValueError(f"input_wait_s must be in (0, 60] s, got {self.input_wait_s!r}")
         if self.idle_prompt_s is not None and not 0 < self.idle_prompt_s <= 3600:
             raise ValueError(f"idle_prompt_s must be in (0, 3600] s, got {self.idle_prompt_s!r}")
         for name in ("input_sample_rate", "output_sample_rate"):

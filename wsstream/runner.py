@@ -147,7 +147,12 @@ class StreamRunner:
     # ---- control from the host app ------------------------------------------------------
 
     def set_inputs(self, data: Any) -> None:
-        self.core.set_inputs(data)
+        token = STREAM_ID.set(self.id)
+        try:
+            self.core.set_inputs(data, self._loop.time())  # (a reply waiting for them starts now)
+            self._after()
+        finally:
+            STREAM_ID.reset(token)
 
     def trigger(self) -> bool:
         done = self.core.trigger(self._loop.time(), tell_client=False)

@@ -19,7 +19,19 @@ from typing import Any, ClassVar, Protocol
 
 from wsstream.codecs import AudioFormat, FormatError
 from wsstream.config import StreamConfig
-from wsstream.events import Error, FetchOutput, InEvent, Log, MarkPlayed, OutEvent, Pong, Refused, StopWord, Warning
+from wsstream.events import (
+    Error,
+    FetchOutput,
+    InEvent,
+    Log,
+    MarkPlayed,
+    OutEvent,
+    Pong,
+    Refused,
+    SendInput,
+    StopWord,
+    Warning,
+)
 from wsstream.reply import ReplyOnPause
 
 
@@ -108,6 +120,8 @@ def fastrtc_message(event: OutEvent) -> str | None:
         return dumps({"event": "pong"})
     if isinstance(event, StopWord):
         return dumps({"type": "stopword", "data": event.word})
+    if isinstance(event, SendInput):
+        return dumps({"type": "send_input", "data": []})
     if isinstance(event, Refused):
         return dumps({"status": "failed", "meta": {"error": event.error, "limit": event.limit}})
     return None

@@ -12,6 +12,7 @@ fastrtc sends no ``mark`` or ``clear`` on this transport, so neither do we.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from wsstream.codecs import AudioFormat
@@ -48,7 +49,7 @@ class FastrtcDialect:
     def setup(self, query: str, app: ReplyOnPause, config: StreamConfig) -> StreamSetup:
         """μ-law in at the app's input rate, μ-law out at its output rate (``ReplyOnPause`` checks them)."""
         return StreamSetup(AudioFormat("mulaw", app.input_sample_rate), AudioFormat("mulaw", app.output_sample_rate),
-                           config)
+                           dataclasses.replace(config, asks_inputs=True))
 
     def audio(self, message: bytes) -> bytes:
         raise ProtocolError("binary frames are not audio on this path")

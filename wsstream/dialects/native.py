@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -80,7 +81,8 @@ class NativeDialect:
         self._audio_seen = False  # a start after audio is refused by the core: it must not change media_as
 
     def setup(self, query: str, app: ReplyOnPause, config: StreamConfig) -> StreamSetup:
-        return StreamSetup(format_from_query(query) or AudioFormat(), None, config)
+        fmt = format_from_query(query) or AudioFormat()
+        return StreamSetup(fmt, None, dataclasses.replace(config, asks_inputs=True))
 
     def audio(self, message: bytes) -> bytes:
         """A binary message is raw audio in the stream's format: drivers hand it to the core directly."""
