@@ -101,6 +101,21 @@ async def test_inputs_outputs_context_and_trigger(make_server, manifest: dict) -
     assert second["session"] == first["session"]
 
 
+async def test_send_input_is_answered_in_band_on_ws(make_server, manifest: dict) -> None:
+    """/ws with input_wait_s: each reply asks (send_input) and is called with what the client then sends."""
+    server = await make_server(ReplyOnPause(fn=handlers.recording, input_wait_s=5.0))
+    handlers.CALLS.clear()
+    async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
+        for k, voice in enumerate(("alto", "bass")):
+            await conv.send_audio(turn_audio(manifest, "dialog_01.flac", k + 1))
+            await conv.wait_for(lambda c, k=k: len(c.of("type", "send_input")) == k + 1)
+            assert len(handlers.CALLS) == k  # asked: the function waits for the answer
+            await conv.send_json({"event": "input", "data": {"voice": voice}})
+            await conv.wait_for(lambda c, k=k: len(c.of("event", "mark")) == k + 1)
+    assert [call["kwargs"] for call in handlers.CALLS] == [{"voice": "alto"}, {"voice": "bass"}]
+    assert server.metrics.count("inputs_received") == 2 and server.metrics.count("inputs_timeouts") == 0
+
+
 async def test_reply_error_is_reported_and_session_goes_on(make_server, manifest: dict) -> None:
     server = await make_server(ReplyOnPause(fn=handlers.failing))
     async with Conversation(f"ws://127.0.0.1:{server.port}/ws", FMT) as conv:
