@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -20,11 +21,13 @@ from typing import Any, ClassVar, Protocol
 from wsstream.codecs import AudioFormat, FormatError
 from wsstream.config import StreamConfig
 from wsstream.events import (
+    Dtmf,
     Error,
     FetchOutput,
     InEvent,
     Log,
     MarkPlayed,
+    Notice,
     OutEvent,
     Pong,
     Refused,
@@ -160,6 +163,33 @@ def load_json_object(message: str | bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"expected a JSON object, got {type(value).__name__}", kind="json")
     return value
+
+
+def text_only(provider: str) -> ProtocolError:
+    """What a provider that sends JSON text only gets for a binary frame."""
+    return ProtocolError(f"binary frame: {provider} sends JSON text messages only")
+
+
+def provider_message(message: str | bytes, provider: str) -> dict[str, Any]:
+    """A telephone provider's message: a JSON object in a text frame (none of them sends binary JSON)."""
+    if isinstance(message, bytes):
+        raise text_only(provider)
+    return load_json_object(message)
+
+
+def dtmf_events(msg: dict[str, Any], metric: str) -> list[InEvent]:
+    """``{"dtmf": {"digit": "5"}}``, as Twilio, Telnyx and Plivo send a key press (a digit string of at
+    most 8, so that a forged one cannot flood the log)."""
+    dtmf = msg.get("dtmf")
+    digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
+    if not isinstance(digit, str) or not 0 < len(digit) <= 8:
+        raise ProtocolError('dtmf message without {"dtmf": {"digit": "..."}}')
+    return [Notice(f"dtmf {digit}", metric, logging.DEBUG), Dtmf(digit)]
+
+
+def unknown_event(event: Any, metric: str) -> list[InEvent]:
+    """A message type the provider may add one day: noted and counted, never an error for the call."""
+    return [Notice(f"ignored unknown event {str(event)[:40]!r}", metric)]
 
 
 def dumps(value: Any) -> str:

@@ -88,9 +88,11 @@ from wsstream.dialects.base import (
     dumps,
     encode_payload,
     finite_int,
-    load_json_object,
     parse_mark,
+    provider_message,
     telephony_setup,
+    text_only,
+    unknown_event,
 )
 from wsstream.events import AudioIn, AudioOut, Clear, Dtmf, InEvent, Mark, Notice, OutEvent, Start, Stop
 from wsstream.reply import ReplyOnPause
@@ -109,6 +111,7 @@ MIN_CHUNK_BYTES = 3200  # the smallest audio message Exotel wants ...
 CHUNK_STEP_MS = 20  # ... in multiples of 320 bytes: 20 ms of PCM16 at 8 kHz (and whole multiples at 16, 24)
 MAX_FRAME_MS = 200.0  # the longest frame the core cuts
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+PROVIDER = "Exotel"  # (in the error a binary frame gets)
 CALLER_TRACKS = ("inbound", "inbound_track")
 IGNORED_EVENTS = ("clear", "silence")  # named by Exotel's docs, nothing for us to do
 
@@ -170,15 +173,12 @@ class ExotelDialect:
                 and isinstance(start.get("call_sid"), str))
 
     def audio(self, message: bytes) -> bytes:
-        raise ProtocolError("binary frame: Exotel sends JSON text messages only")
+        raise text_only(PROVIDER)
 
     # ---- inbound -------------------------------------------------------------
 
     def parse(self, message: str | bytes) -> list[InEvent]:
-        if isinstance(message, bytes):
-            raise ProtocolError("binary frame: Exotel sends JSON text messages only")
-        msg = load_json_object(message)
-        events = self._event(msg)
+        events = self._event(provider_message(message, PROVIDER))
         if self._notes:
             events = [*self._notes, *events]
             self._notes = []
@@ -208,7 +208,7 @@ class ExotelDialect:
         if event in IGNORED_EVENTS:
             return [Notice(f"ignored {event!r} from Exotel", level=logging.DEBUG)]
         # Exotel may add message types; an unknown one is noted, not an error for the call.
-        return [Notice(f"ignored unknown event {str(event)[:40]!r}", "exotel_unknown_events")]
+        return unknown_event(event, "exotel_unknown_events")
 
     def _media(self, msg: dict[str, Any]) -> list[InEvent]:
         media = msg.get("media")

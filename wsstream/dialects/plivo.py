@@ -59,13 +59,16 @@ from wsstream.dialects.base import (
     ProtocolError,
     StreamSetup,
     decode_payload,
+    dtmf_events,
     dumps,
     encode_payload,
     finite_int,
-    load_json_object,
+    provider_message,
     telephony_setup,
+    text_only,
+    unknown_event,
 )
-from wsstream.events import AudioIn, AudioOut, Clear, Dtmf, InEvent, Mark, MarkPlayed, Notice, OutEvent, Start, Stop
+from wsstream.events import AudioIn, AudioOut, Clear, InEvent, Mark, MarkPlayed, Notice, OutEvent, Start, Stop
 from wsstream.reply import ReplyOnPause
 
 # mediaFormat.encoding and playAudio's contentType, as Plivo names them
@@ -74,6 +77,7 @@ CONTENT_TYPES = {"mulaw": "audio/x-mulaw", "pcm16": "audio/x-l16"}
 PLIVO_FORMATS = {("mulaw", 8000), ("pcm16", 8000), ("pcm16", 16000)}  # what <Stream contentType> offers
 DEFAULT_FORMAT = AudioFormat("pcm16", 8000)  # contentType's default: audio/x-l16;rate=8000
 _PAIR_SEPARATORS = re.compile(r"[;,]")
+PROVIDER = "Plivo Audio Streams"  # (in the error a binary frame gets)
 
 
 class PlivoDialect:
@@ -102,14 +106,12 @@ class PlivoDialect:
                 and isinstance(start.get("callId"), str) and "streamSid" not in msg and "streamSid" not in start)
 
     def audio(self, message: bytes) -> bytes:
-        raise ProtocolError("binary frame: Plivo Audio Streams sends JSON text messages only")
+        raise text_only(PROVIDER)
 
     # ---- inbound -------------------------------------------------------------
 
     def parse(self, message: str | bytes) -> list[InEvent]:
-        if isinstance(message, bytes):
-            raise ProtocolError("binary frame: Plivo Audio Streams sends JSON text messages only")
-        msg = load_json_object(message)
+        msg = provider_message(message, PROVIDER)
         event = msg.get("event")
         if event == "media":
             return self._media_in(msg)
@@ -121,18 +123,13 @@ class PlivoDialect:
         if event == "start":
             return self._start(msg)
         if event == "dtmf":
-            dtmf = msg.get("dtmf")
-            digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-            if not isinstance(digit, str) or not digit:
-                raise ProtocolError('dtmf message without {"dtmf": {"digit": "..."}}')
-            return [Notice(f"dtmf {digit[:20]!r}", "plivo_dtmf", logging.DEBUG), Dtmf(digit)]
+            return dtmf_events(msg, "plivo_dtmf")
         if event == "clearedAudio":
             return [Notice("clearedAudio: Plivo flushed its playback buffer", "plivo_cleared_audio", logging.DEBUG)]
         if event == "stop":
             # not in Plivo's protocol (it closes the socket instead); from a bridge, it can only mean this
             return [Notice(f"stopped (call {self.call_id})", level=logging.INFO), Stop(finish=False)]
-        # Plivo may add message types; an unknown one is noted, not an error for the call.
-        return [Notice(f"ignored unknown event {str(event)[:40]!r}", "plivo_unknown_events")]
+        return unknown_event(event, "plivo_unknown_events")
 
     def _media_in(self, msg: dict[str, Any]) -> list[InEvent]:
         media = msg.get("media")

@@ -80,14 +80,17 @@ from wsstream.dialects.base import (
     ProtocolError,
     StreamSetup,
     decode_payload,
+    dtmf_events,
     dumps,
     encode_payload,
     finite_int,
-    load_json_object,
     parse_mark,
+    provider_message,
     telephony_setup,
+    text_only,
+    unknown_event,
 )
-from wsstream.events import AudioIn, AudioOut, Clear, Dtmf, InEvent, Mark, Notice, OutEvent, Start, Stop
+from wsstream.events import AudioIn, AudioOut, Clear, InEvent, Mark, Notice, OutEvent, Start, Stop
 from wsstream.reply import ReplyOnPause
 
 # Telnyx's codec names: wsstream's encoding and the codec's own rate
@@ -98,6 +101,7 @@ DEFAULT_FORMAT = AudioFormat("mulaw", 8000)
 CODEC_PARAMS = ("stream_bidirectional_codec", "bidirectionalCodec")
 RATE_PARAMS = ("stream_bidirectional_sampling_rate", "bidirectionalSamplingRate")
 AUTH_TOKEN = "x-telnyx-streaming-auth-token"
+PROVIDER = "Telnyx media streaming"  # (in the error a binary frame gets)
 _U16 = np.dtype(np.uint16)
 
 
@@ -144,7 +148,7 @@ class TelnyxDialect:
         return replace(telephony_setup(DEFAULT_FORMAT, config), output_format=self.output_format)
 
     def audio(self, message: bytes) -> bytes:
-        raise ProtocolError("binary frame: Telnyx media streaming sends JSON text messages only")
+        raise text_only(PROVIDER)
 
     @staticmethod
     def recognises(msg: dict[str, Any]) -> bool:
@@ -165,9 +169,7 @@ class TelnyxDialect:
     # ---- inbound -------------------------------------------------------------
 
     def parse(self, message: str | bytes) -> list[InEvent]:
-        if isinstance(message, bytes):
-            raise ProtocolError("binary frame: Telnyx media streaming sends JSON text messages only")
-        msg = load_json_object(message)
+        msg = provider_message(message, PROVIDER)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -176,11 +178,7 @@ class TelnyxDialect:
         if event == "mark":
             return [parse_mark(msg)]
         if event == "dtmf":
-            dtmf = msg.get("dtmf")
-            digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-            if not isinstance(digit, str) or not 0 < len(digit) <= 8:
-                raise ProtocolError('dtmf message without {"dtmf": {"digit": "..."}}')
-            return [Notice(f"dtmf {digit}", "telnyx_dtmf", logging.DEBUG), Dtmf(digit)]
+            return dtmf_events(msg, "telnyx_dtmf")
         if event == "stop":
             # the stream is over (call hung up, or streaming_stop): nothing left to play to anyone
             return [Notice(f"stopped (call {str(self.call_control_id)[:80]})", level=logging.INFO), Stop(finish=False)]
@@ -189,8 +187,7 @@ class TelnyxDialect:
         if event == "connected":
             # (never the auth token it may carry: it is a credential)
             return [Notice(f"connected: version {str(msg.get('version'))[:20]!r}", level=logging.DEBUG)]
-        # Telnyx may add message types; an unknown one is noted, not an error for the call.
-        return [Notice(f"ignored unknown event {str(event)[:40]!r}", "telnyx_unknown_events")]
+        return unknown_event(event, "telnyx_unknown_events")
 
     def _media(self, msg: dict[str, Any]) -> list[InEvent]:
         media = msg.get("media")

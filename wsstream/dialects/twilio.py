@@ -23,18 +23,22 @@ from wsstream.dialects.base import (
     ProtocolError,
     StreamSetup,
     decode_payload,
+    dtmf_events,
     dumps,
     encode_payload,
-    load_json_object,
     parse_mark,
+    provider_message,
     telephony_setup,
+    text_only,
+    unknown_event,
 )
-from wsstream.events import AudioIn, AudioOut, Clear, Dtmf, InEvent, Mark, Notice, OutEvent, Start, Stop
+from wsstream.events import AudioIn, AudioOut, Clear, InEvent, Mark, Notice, OutEvent, Start, Stop
 from wsstream.reply import ReplyOnPause
 
 # mediaFormat.encoding as Twilio (and bridges that speak its protocol) name them
 MEDIA_ENCODINGS = {"audio/x-mulaw": "mulaw", "audio/x-alaw": "alaw", "audio/pcmu": "mulaw", "audio/pcma": "alaw"}
 DEFAULT_FORMAT = AudioFormat("mulaw", 8000)
+PROVIDER = "Twilio Media Streams"  # (in the error a binary frame gets)
 
 
 class TwilioDialect:
@@ -58,14 +62,12 @@ class TwilioDialect:
                 and ("callSid" in start or "accountSid" in start))
 
     def audio(self, message: bytes) -> bytes:
-        raise ProtocolError("binary frame: Twilio Media Streams sends JSON text messages only")
+        raise text_only(PROVIDER)
 
     # ---- inbound -------------------------------------------------------------
 
     def parse(self, message: str | bytes) -> list[InEvent]:
-        if isinstance(message, bytes):
-            raise ProtocolError("binary frame: Twilio Media Streams sends JSON text messages only")
-        msg = load_json_object(message)
+        msg = provider_message(message, PROVIDER)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -74,19 +76,14 @@ class TwilioDialect:
         if event == "mark":
             return [parse_mark(msg)]
         if event == "dtmf":
-            dtmf = msg.get("dtmf")
-            digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-            if not isinstance(digit, str) or not digit:
-                raise ProtocolError('dtmf message without {"dtmf": {"digit": "..."}}')
-            return [Notice(f"dtmf {digit}", "twilio_dtmf", logging.DEBUG), Dtmf(digit)]
+            return dtmf_events(msg, "twilio_dtmf")
         if event == "stop":
             # the call is over: nothing left to play to anyone
             return [Notice(f"stopped (call {self.call_sid})", level=logging.INFO), Stop(finish=False)]
         if event == "connected":
             return [Notice(f"connected: protocol {msg.get('protocol')!r} version {msg.get('version')!r}",
                            level=logging.DEBUG)]
-        # Twilio may add message types; an unknown one is noted, not an error for the call.
-        return [Notice(f"ignored unknown event {str(event)[:40]!r}", "twilio_unknown_events")]
+        return unknown_event(event, "twilio_unknown_events")
 
     def _media(self, msg: dict[str, Any]) -> list[InEvent]:
         media = msg.get("media")

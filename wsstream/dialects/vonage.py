@@ -65,7 +65,15 @@ from typing import Any
 
 from wsstream.codecs import AudioFormat, FormatError
 from wsstream.config import StreamConfig
-from wsstream.dialects.base import ProtocolError, StreamSetup, dumps, finite_int, load_json_object, telephony_setup
+from wsstream.dialects.base import (
+    ProtocolError,
+    StreamSetup,
+    dumps,
+    finite_int,
+    load_json_object,
+    telephony_setup,
+    unknown_event,
+)
 from wsstream.events import AudioIn, AudioOut, Clear, Dtmf, InEvent, Mark, MarkPlayed, Notice, OutEvent, Start
 from wsstream.reply import ReplyOnPause
 
@@ -121,7 +129,7 @@ class VonageDialect:
         if event == "websocket:cleared":
             return [Notice("playback buffer cleared", "vonage_cleared", logging.DEBUG)]
         # Vonage says more text events may come at any point; an unknown one is noted, not an error.
-        return [Notice(f"ignored unknown event {str(event)[:40]!r}", "vonage_unknown_events")]
+        return unknown_event(event, "vonage_unknown_events")
 
     def _connected(self, msg: dict[str, Any]) -> list[InEvent]:
         fmt, problem = self._content_type(msg.get("content-type"))
