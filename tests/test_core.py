@@ -273,14 +273,36 @@ def test_send_input_holds_the_reply_until_the_inputs_come_or_the_wait_ends() -> 
     assert (counters["inputs_asked"], counters["inputs_received"], counters["inputs_timeouts"]) == (2, 1, 1)
 
 
-def test_speech_while_a_reply_waits_for_its_inputs_drops_it() -> None:
-    h = Harness(ReplyOnPause(answer, interrupt_ms=0, input_wait_s=2.0), asks_inputs=True)
+@pytest.mark.parametrize("rules", [{"interrupt_ms": 0}, {}, {"options": DetectorOptions(can_interrupt=False)}],
+                         ids=["any-speech-interrupts", "backchannels", "no-interrupt"])
+def test_speech_while_a_reply_waits_for_its_inputs_is_a_turn_of_its_own(rules: dict[str, Any]) -> None:
+    """The user has heard nothing of a reply still waiting for its inputs: speech then is no barge-in
+    nor a backchannel, whatever the barge-in rules; it drops that reply (no function ran: nothing to
+    cancel, nothing to clear) and is answered in turn."""
+    h = Harness(ReplyOnPause(answer, input_wait_s=2.0, **rules), asks_inputs=True)
     h.run([SIL] * 5 + [SP] * 10 + [SIL] * PAUSE)
-    events = h.run([SP] * ONSET)  # the user goes on before the inputs came: no function ran, none to cancel
-    assert trace(events) == ["log:started_talking", "ended:1:interrupted", "clear"]
+    events = h.run([SP] * ONSET)  # a short "yes" before the inputs came
+    assert trace(events) == ["log:started_talking", "ended:1:cancelled"]
     assert not of(h.receive(SetInputs({"voice": "late"})), StartReply)  # (they are the next reply's)
-    (cmd,) = of(h.run([SIL] * PAUSE) + h.receive(SetInputs({"voice": "c"})), StartReply)
+    events = h.run([SIL] * PAUSE)
+    assert trace(events) == ["log:pause_tentative", "log:pause_detected", "sendinput"]
+    (cmd,) = of(h.receive(SetInputs({"voice": "c"})), StartReply)
     assert cmd.seq == 2 and cmd.kwargs == {"voice": "c"}
+    assert h.core.metrics.counters["inputs_dropped"] == 1 and not h.core.metrics.counters["interruptions"]
+
+
+def test_inputs_in_a_later_start_release_a_waiting_reply() -> None:
+    """Before any audio a client may start again (new formats, new inputs): inputs there answer send_input
+    too. Here the greeting plays, then the idle prompt's reply asks for its inputs."""
+    h = Harness(ReplyOnPause(answer, startup_fn=greet, idle_prompt_s=1.0, input_wait_s=2.0), asks_inputs=True)
+    (greeting,) = of(h.receive(Start()), StartReply)
+    h.reply(greeting.seq, (RATE, tone(FRAME)))
+    h.play()
+    h.now = h.core.deadline
+    h.core.poll(h.now)
+    assert trace(h.take()) == ["log:idle_prompt", "sendinput"]
+    (cmd,) = of(h.receive(Start(inputs=["v"])), StartReply)
+    assert cmd.seq == greeting.seq + 1 and cmd.args[1:] == ("v",)
 
 
 def test_send_input_is_not_asked_where_the_dialect_cannot_carry_it() -> None:

@@ -63,6 +63,9 @@ def counted_names() -> dict[str, str]:
                     found[name] = where
                 elif called == "_fail_reply" and len(node.args) > 2 and isinstance(node.args[2], ast.Constant):
                     found[node.args[2].value] = where  # (the core ends a reply and counts why)
+                elif called in ("dtmf_events", "unknown_event") and len(node.args) > 1 and isinstance(
+                        node.args[1], ast.Constant):
+                    found[node.args[1].value] = where  # (the dialects' shared notices: dialects/base.py)
                 elif called == "_log" and name:
                     found[f"events_{name}"] = where
                 elif called == "Notice":

@@ -278,7 +278,8 @@ def test_dtmf_goes_to_the_reply_context() -> None:
     assert notices(events, "plivo_dtmf")[0].level == logging.DEBUG
 
 
-@pytest.mark.parametrize("dtmf", [None, "5", {}, {"digit": ""}, {"digit": 5}, {"track": "inbound"}, {"digit": "1" * 9000}])
+@pytest.mark.parametrize("dtmf", [None, "5", {}, {"digit": ""}, {"digit": 5}, {"track": "inbound"},
+                                  {"digit": "1" * 9000}])
 def test_malformed_dtmf_is_a_protocol_error(dtmf: Any) -> None:
     with pytest.raises(ProtocolError):
         started().parse(json.dumps({"event": "dtmf", "dtmf": dtmf}))

@@ -311,7 +311,7 @@ class StreamCore:
                 if self.app.startup_fn is not None:
                     self._begin_reply(self.app.startup_fn, (), {}, now, "startup")
         if event.inputs is not None:
-            self.set_inputs(event.inputs)
+            self.set_inputs(event.inputs, now)
         self.debug = event.debug
         self.facts.client_id = event.client_id
         self.facts.call.update(event.context)
@@ -435,10 +435,17 @@ class StreamCore:
         rate = detector.rate
         can_interrupt = self.options.can_interrupt
         for ev in events:
-            if (not can_interrupt and self._reply is not None) or self.state is StreamState.CLOSED:
+            reply = self._reply
+            if ((not can_interrupt and reply is not None and reply.state is not ReplyState.WAITING)
+                    or self.state is StreamState.CLOSED):
                 break  # (decided per event: one batch may hold a turn's end, its reply, then new speech)
             if isinstance(ev, StartedTalking):
                 self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
+                if reply is not None and reply.state is ReplyState.WAITING:
+                    # the user goes on before the reply was even called: it is dropped, unheard (no clear),
+                    # and this turn is answered (asked again)
+                    self.metrics.inc("inputs_dropped")
+                    self.close_reply("cancelled")
                 if self._gate is not None:
                     self._gate.turn_started(ev.onset, now)
                 if self._idle_at is not None:  # the user spoke: no idle prompt for this silence
@@ -473,7 +480,7 @@ class StreamCore:
                 self._emit(gate.spot(start, end, (self.input_format.sample_rate, self.history.slice(
                     self._to_input(start), self._to_input(end)))))
         idle = detector.state is State.IDLE
-        if not can_interrupt and self._reply is not None and not idle:
+        if not can_interrupt and self._reply is not None and self._reply.state is not ReplyState.WAITING and not idle:
             detector.reset()
             idle = True
         # Keep only what the next utterance can need.
@@ -667,8 +674,9 @@ class StreamCore:
     def _audible(self) -> bool:
         """Is a reply still being heard? Sent in full is not played in full: a client that echoes marks
         (browsers, Twilio) has not played the last reply until it echoes its mark."""
-        if self._reply is not None:
-            return not self._reply.speculative  # (held back: the speaker has heard nothing of it)
+        reply = self._reply
+        if reply is not None:  # (held back, or not yet called: the speaker has heard nothing of it)
+            return not reply.speculative and reply.state is not ReplyState.WAITING
         sent, played = self.facts.marks_sent, self.facts.marks_played
         return bool(played and sent) and sent[-1] not in played
 

@@ -302,7 +302,9 @@ class Hub:
 
     def set_input(self, key: str, *args: Any, **kwargs: Any) -> None:
         """New additional inputs for the stream's next replies (fastrtc's ``set_input``): positional
-        or keyword, as a client's ``input`` message is a list or an object."""
+        or keyword, as a client's ``input`` message is a list or an object. A reply waiting for them
+        (``input_wait_s``) is called now, so this is for the loop's thread (an async route), as are
+        ``trigger`` and ``close_stream``."""
         if args and kwargs:
             raise TypeError("set_input takes positional or keyword inputs, not both")
         self.stream(key).set_inputs(dict(kwargs) if kwargs else list(args))

@@ -136,6 +136,7 @@ CATALOGUE: dict[str, Spec] = {
     "inputs_asked": _counter("Replies that asked the client for their inputs (send_input, input_wait_s)."),
     "inputs_received": _counter("... whose inputs came in time: the reply was called with them."),
     "inputs_timeouts": _counter("... that waited input_wait_s in vain: called with the inputs set before."),
+    "inputs_dropped": _counter("... dropped unheard while waiting: the user spoke again (that turn is answered)."),
     "stop_words_heard": _counter("Stop words the spotter heard."),
     "turns_without_stop_word": _counter("Turns not answered because no stop word was heard."),
     "spotter_errors": _counter("Stop-word spotter calls that raised (taken as not heard)."),

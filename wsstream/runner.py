@@ -54,7 +54,7 @@ class StreamInfo:
     dialect: str
     client_id: str | None
     state: StreamState  # new, started, streaming, stopping, last_reply, closed
-    reply: ReplyState  # idle, running, draining
+    reply: ReplyState  # idle, waiting (for its inputs), running, draining
 
 
 class StreamRunner:
