@@ -170,10 +170,10 @@ async def test_idle_prompt_once_after_the_reply_played(make_server: Any, manifes
 # ---- speculative replies -----------------------------------------------------------------------
 
 
-def slow_reply(record: list[str]) -> Any:
+def slow_reply(record: list[str], first_s: float = 0.3) -> Any:
     async def reply(audio: tuple[int, np.ndarray]):
         try:
-            await asyncio.sleep(0.3)  # an LLM's first token, say
+            await asyncio.sleep(first_s)  # an LLM's first token, say
             record.append("first chunk")
             yield RATE, (np.sin(np.arange(RATE // 2) * 0.1) * 3000).astype(np.int16)
             record.append("done")
@@ -213,7 +213,10 @@ async def test_a_speculative_reply_is_heard_sooner_after_the_pause(make_server: 
 async def test_a_speculative_reply_is_cancelled_when_the_speaker_goes_on(make_server: Any,
                                                                         manifest: dict[str, Any]) -> None:
     record: list[str] = []
-    server = await make_server(ReplyOnPause(slow_reply(record), speculative=True))
+    # (the 400 ms gap's pause_tentative comes 150 ms in, its pause_cancelled 250 ms later plus the model's
+    # onset: a function that yields at 300 ms could finish in between on a loaded machine, so this one
+    # takes 600, and "cancelled before it could yield" below is certain)
+    server = await make_server(ReplyOnPause(slow_reply(record, first_s=0.6), speculative=True))
     turn = manifest["files"]["dialog_06.flac"]["turns"][0]
     speech = load_corpus("dialog_06.flac")[turn["start"]:turn["end"]]
     half = speech.size // 2
