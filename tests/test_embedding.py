@@ -164,3 +164,36 @@ async def test_stream_id_prefix_names_every_stream(model: SileroModel) -> None:
     assert seen == ["eu1-s1", "eu1-s2"]
     with pytest.raises(ValueError, match="stream_id_prefix"):
         wsstream.ServerConfig(stream_id_prefix="a b")
+
+
+async def test_a_host_app_answers_send_input_from_the_events_it_follows(model: SileroModel,
+                                                                        manifest: dict) -> None:
+    """An agent backend that holds each call's state itself: it follows the stream's events, and on
+    ``send_input`` sets the inputs of the reply about to be called (the client says nothing)."""
+    calls: list[int] = []
+
+    async def answer(audio: tuple[int, np.ndarray], turn: int = 0):
+        calls.append(turn)
+        yield audio
+
+    app = ReplyOnPause(fn=answer, input_wait_s=10.0)
+    async with wsstream.serve(app, port=0, engine=VadEngine(model)) as server:
+        hub = server.hub
+        async with Conversation(f"{server.url}/ws", FMT, extra_start={"id": "agent-1"}) as conv:
+            await until(lambda: [s for s in hub.streams() if s.client_id])
+
+            async def backend() -> None:
+                asked = 0
+                async for event in hub.events("agent-1"):
+                    if event["type"] == "send_input":
+                        asked += 1
+                        hub.set_input("agent-1", turn=asked)
+            follower = asyncio.get_running_loop().create_task(backend())
+            await asyncio.sleep(0)
+            for k in range(2):
+                await conv.send_audio(turn_audio(manifest, "dialog_02.flac", k))
+                await conv.wait_for(lambda c, k=k: len(c.of("event", "mark")) == k + 1, 20)
+            assert len(conv.of("type", "send_input")) == 2  # (the client was asked too)
+        await asyncio.wait_for(follower, 5)
+    assert calls == [1, 2]
+    assert server.metrics.count("inputs_received") == 2

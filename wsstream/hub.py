@@ -24,7 +24,7 @@ from vad.model import SileroModel
 from wsstream.config import ServerConfig
 from wsstream.core import Output, ReplyEnded, StreamCore, StreamStarted
 from wsstream.dialects.base import Dialect, ProtocolError
-from wsstream.events import Clear, Close, Error, FetchOutput, Log, Mark, Refused, StopWord, Warning
+from wsstream.events import Clear, Close, Error, FetchOutput, Log, Mark, Refused, SendInput, StopWord, Warning
 from wsstream.inference import InferenceWorker
 from wsstream.metrics import Metrics
 from wsstream.reply import ReplyFn, ReplyOnPause, ReplyPool
@@ -83,6 +83,8 @@ def event_dict(event: Output) -> dict[str, Any] | None:
         return {"type": "clear"}
     if isinstance(event, StopWord):
         return {"type": "stopword", "data": event.word}
+    if isinstance(event, SendInput):  # (a host app may answer it itself: hub.set_input)
+        return {"type": "send_input", "data": []}
     if isinstance(event, ReplyEnded):
         return {"type": "reply_finished", "seq": event.seq, "how": event.how}
     if isinstance(event, Close):
