@@ -253,7 +253,10 @@ async def test_send_input_asks_the_front_end_for_each_replys_inputs(make_server:
     async def reply(audio: tuple[int, np.ndarray], language: str = "en"):
         calls.append((language, time.monotonic()))
         yield AdditionalOutputs(language)
-        yield audio
+        yield audio[0], audio[1][:audio[0] // 5]  # 200 ms of it (replies play in real time)
+
+    def replied(c: FastrtcClient, k: int) -> bool:
+        return len(c.audio) > k and len(c.audio[k]) >= 16000 // 5  # (μ-law: a byte a sample)
 
     server = await make_server(ReplyOnPause(fn=reply, input_sample_rate=16000, output_sample_rate=16000,
                                             input_wait_s=1.0))
@@ -270,11 +273,11 @@ async def test_send_input_asks_the_front_end_for_each_replys_inputs(make_server:
         await asyncio.sleep(0.3)  # the front end takes its time to post them
         answered = time.monotonic()
         server.hub.set_input("front-1", language="fr")
-        await client.wait_for(lambda c: c.reply_done(0))
+        await client.wait_for(lambda c: replied(c, 0))
         await client.send_mulaw(audio[starts[1]:starts[2]])  # this time it does not answer
         await client.wait_for(lambda c: asked(c) == 2)
         seen = time.monotonic()
-        await client.wait_for(lambda c: c.reply_done(1))
+        await client.wait_for(lambda c: replied(c, 1))
     assert [m for m in client.msgs if m.get("type") == "send_input"] == [{"type": "send_input", "data": []}] * 2
     assert [language for language, _ in calls] == ["fr", "fr"]  # (the second: those set before)
     assert calls[0][1] >= answered  # the reply waited for the inputs ...
