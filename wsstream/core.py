@@ -435,12 +435,11 @@ class StreamCore:
         rate = detector.rate
         can_interrupt = self.options.can_interrupt
         for ev in events:
-            reply = self._reply
-            if ((not can_interrupt and reply is not None and reply.state is not ReplyState.WAITING)
-                    or self.state is StreamState.CLOSED):
+            if (not can_interrupt and self._called()) or self.state is StreamState.CLOSED:
                 break  # (decided per event: one batch may hold a turn's end, its reply, then new speech)
             if isinstance(ev, StartedTalking):
                 self._log("started_talking", t=round(ev.at / rate, 3), onset=round(ev.onset / rate, 3))
+                reply = self._reply
                 if reply is not None and reply.state is ReplyState.WAITING:
                     # the user goes on before the reply was even called: it is dropped, unheard (no clear),
                     # and this turn is answered (asked again)
@@ -480,7 +479,7 @@ class StreamCore:
                 self._emit(gate.spot(start, end, (self.input_format.sample_rate, self.history.slice(
                     self._to_input(start), self._to_input(end)))))
         idle = detector.state is State.IDLE
-        if not can_interrupt and self._reply is not None and self._reply.state is not ReplyState.WAITING and not idle:
+        if not can_interrupt and self._called() and not idle:
             detector.reset()
             idle = True
         # Keep only what the next utterance can need.
@@ -670,6 +669,12 @@ class StreamCore:
         return True
 
     # ---- replies --------------------------------------------------------------------
+
+    def _called(self) -> bool:
+        """Is there a reply whose function has been called (not one still waiting for its inputs, which
+        speech simply replaces)? What --no-interrupt protects from speech."""
+        reply = self._reply
+        return reply is not None and reply.state is not ReplyState.WAITING
 
     def _audible(self) -> bool:
         """Is a reply still being heard? Sent in full is not played in full: a client that echoes marks
