@@ -257,6 +257,7 @@ def test_send_input_holds_the_reply_until_the_inputs_come_or_the_wait_ends() -> 
     h.now += 0.3
     (cmd,) = of(h.receive(SetInputs({"voice": "b"})), StartReply)
     assert cmd.seq == 1 and cmd.kwargs == {"voice": "b"} and cmd.args[0][0] == RATE
+    assert h.core.deadline is None  # (no timer left for the wait that is over)
     assert cmd.args[0][1].size == (5 + 10 + PAUSE) * WIN  # the turn's audio (from 0: less than the prefix before it)
     h.reply(1, (RATE, tone(FRAME)))
     h.play()
@@ -303,6 +304,17 @@ def test_inputs_in_a_later_start_release_a_waiting_reply() -> None:
     assert trace(h.take()) == ["log:idle_prompt", "sendinput"]
     (cmd,) = of(h.receive(Start(inputs=["v"])), StartReply)
     assert cmd.seq == greeting.seq + 1 and cmd.args[1:] == ("v",)
+
+
+def test_the_first_chunk_timeout_counts_from_when_the_waiting_reply_is_called() -> None:
+    h = Harness(ReplyOnPause(answer, interrupt_ms=0, input_wait_s=2.0), asks_inputs=True, first_chunk_timeout_s=1.0)
+    h.run([SIL] * 5 + [SP] * 10 + [SIL] * PAUSE)
+    h.now += 1.5  # the inputs come later than the first-chunk timeout would have allowed from the ask
+    of(h.receive(SetInputs({"voice": "b"})), StartReply)
+    assert h.core.deadline == pytest.approx(h.now + 1.0)
+    h.now += 0.9
+    h.core.poll(h.now)
+    assert not h.take()  # not timed out: 0.9 s since it was called
 
 
 def test_send_input_is_not_asked_where_the_dialect_cannot_carry_it() -> None:

@@ -775,9 +775,7 @@ class StreamCore:
         """The inputs have come (or the wait is over): call the function, with the inputs as they are now."""
         reply.state, reply.started = ReplyState.RUNNING, now
         self._emit(StartReply(reply.seq, reply.fn, (*reply.lead, *self._args), self._kwargs, self.context))
-        due = self._reply_due(reply)
-        if due is not None:
-            self.deadline = due if self.deadline is None else min(self.deadline, due)
+        self.deadline = self._finish_deadline()  # (the wait's end is over; a reply with no frames yet has no other)
 
     def _reply_due(self, reply: _Reply) -> float | None:
         """When the running reply times out (first audio, whole function), if it does; when the one waiting
