@@ -324,9 +324,9 @@ class StreamCore:
         if was_new and self.app.startup_fn is not None:
             self._begin_reply(self.app.startup_fn, (), {}, now, "startup")
 
-    def set_inputs(self, data: Any, now: float | None = None) -> None:
+    def set_inputs(self, data: Any, now: float) -> None:
         """fastrtc's ``set_input``: a list is positional, a dict keyword arguments, anything else one value.
-        A reply waiting for them (``send_input``) is called with them now (given ``now``)."""
+        A reply waiting for them (``send_input``) is called with them at ``now``."""
         if isinstance(data, list):
             self._args, self._kwargs = tuple(data), {}
         elif isinstance(data, dict):
@@ -334,7 +334,7 @@ class StreamCore:
         else:
             self._args, self._kwargs = (data,), {}
         reply = self._reply
-        if reply is not None and reply.state is ReplyState.WAITING and now is not None:
+        if reply is not None and reply.state is ReplyState.WAITING:
             self.metrics.inc("inputs_received")
             self._call_waiting(reply, now)
 
